@@ -1,0 +1,28 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $(TORCH_PINS)
+	$(PYTHON) -m pip install --quiet $(TORCH_PINS) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+demo: install
+	$(PYTHON) examples/demo.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

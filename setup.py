@@ -1,0 +1,31 @@
+from setuptools import setup
+
+
+setup(
+    name="clustr_hf",
+    version="0.1.0",
+    description="ClusTR (arXiv 2208.13138) for Hugging Face transformers: content-clustered attention in a pyramid ViT",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=["clustr_hf"],
+    python_requires=">=3.11",
+    install_requires=[
+        "torch>=2.6,<3",
+        "torchvision>=0.21,<1",
+        "transformers>=5.24,<6",
+        "datasets>=4,<6",
+        "accelerate>=1.1,<2",
+        "safetensors>=0.8,<1",
+        "evaluate>=0.4.6,<0.5",
+        "huggingface_hub>=1.31,<3",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
