@@ -1,19 +1,22 @@
 """DPC-kNN: density-peaks clustering of tokens with k nearest neighbours (ALGORITHM.md section 3).
 
-Exact, without ever holding the N x N distance matrix: distances are produced `chunk_size` rows at a time by one
-batched GEMM and reduced at once, so memory is O(chunk_size * N) per image. Three passes over the distances:
+Exact, without ever holding the N x N distance matrix: distances come `chunk_size` rows at a time from one batched
+GEMM, reduced at once, so memory is O(chunk_size * N) per image. Three passes:
 
 1. the k nearest neighbours of every token (its density), block minima pruning the selection so that it costs little
    beside the GEMM;
-2. the nearest denser token (its delta), read off the neighbour lists for all tokens except the few local density
-   peaks, which alone are searched, among their denser tokens only;
+2. the nearest denser token (its delta), read off the neighbour lists for all tokens but the few local density peaks,
+   which alone are searched, among their denser tokens only;
 3. the nearest centre of every token, one pass serving every scale.
 
-The GEMMs only choose (which neighbour, which denser token, which centre) and work on squared distances up to a per-row
-constant; the distances that enter density and score are then recomputed from the chosen pairs by direct float64
-differences, free of the GEMM's cancellation (equal tokens get exactly 0, as in the reference). The search of pass 2
-has a data-dependent size; under tracing or export it searches every token instead, giving the same result with static
-shapes. The batch dimension only batches the GEMMs: every image is clustered on its own.
+Float32 prunes, float64 decides. A float32 GEMM's rounding (relative to the tokens' norms, not to their distances)
+would otherwise decide between near-equal distances that the float64 reference tells apart, as flat image regions
+produce by the hundred. So pass 1 keeps `2k` float32 candidates, recomputes their distances by direct float64
+differences (equal tokens exactly 0 apart) and certifies with a rigorous float32 rounding bound that no other token can
+be nearer; the rows it cannot certify are redone with a float64 GEMM. Passes 2 and 3 run in float64 (they cost a small
+fraction of pass 1). The redone rows and the searched peaks are data-dependent subsets; under tracing or export every
+row is redone or searched instead, the same result with static shapes. The batch only batches the GEMMs: every image
+is clustered on its own.
 """
 
 import math
@@ -28,13 +31,16 @@ def cluster_counts(num_tokens: int, reduction_ratio: int, scales) -> tuple[int, 
     return tuple(min(max(scale * base, 1), num_tokens) for scale in scales)
 
 
-def gemm_operands(tokens):
-    """Rows `[x_i, 1]` and columns `[-2 x_j, |x_j|^2]` whose product is `|x_i - x_j|^2 - |x_i|^2`.
+def is_static() -> bool:
+    """Whether shapes must not depend on data (tracing, torch.compile or torch.export)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
-    Within a row the per-row constant changes no order, so one plain GEMM gives everything the passes choose by.
-    """
-    norms = tokens.square().sum(-1, keepdim=True)
-    return torch.cat([tokens, torch.ones_like(norms)], -1), torch.cat([-2 * tokens, norms], -1)
+
+def rows_where(mask):
+    """Ascending indices (B, S) of the rows where `mask` (B, N) holds, S the largest count of the batch (shorter lists
+    padded with other rows); every row when shapes must be static."""
+    count = mask.shape[1] if is_static() else int(mask.sum(1).max())
+    return torch.argsort(~mask, dim=1, stable=True)[:, :count].sort(dim=1).values
 
 
 def gather_rows(values, index):
@@ -44,80 +50,151 @@ def gather_rows(values, index):
     return values.flatten(0, 1).index_select(0, (index + offsets).flatten()).view(*index.shape, *values.shape[2:])
 
 
-def exact_squared_distances(tokens, others, chunk_size: int):
-    """`|x_i - x_j|^2` in float64 for every token i (B, N, C) and each of its `others[:, i]` (B, N, m) tokens j.
+def replace_rows(values, rows, replace, new_values):
+    """`values` (B, N, ...) with its rows at indices `rows` (B, S) set to `new_values` (B, S, ...) where `replace`."""
+    trailing = (1,) * (new_values.dim() - 2)
+    index = rows.view(*rows.shape, *trailing).expand_as(new_values)
+    kept = values.gather(1, index)
+    return values.scatter(1, index, torch.where(replace.view(*replace.shape, *trailing), new_values, kept))
 
-    Direct differences: float32 tokens subtract and square exactly in float64, so only the sum rounds, and equal
-    tokens are exactly 0 apart.
+
+class Operands(NamedTuple):
+    """GEMM operands of the centred tokens: `rows @ columns.T` is the matrix of squared distances, `error` (B, N)
+    bounds the rounding of row i's entries against any token (float32 GEMM and centring, worst case)."""
+
+    rows: torch.Tensor
+    columns: torch.Tensor
+    error: torch.Tensor
+
+
+def gemm_operands(tokens, dtype) -> Operands:
+    """Rows `[x_i, |x_i|^2, 1]` and columns `[-2 x_j, 1, |x_j|^2]` of the tokens centred in `dtype`.
+
+    The bound: centring and the C+2 term sums round by at most `(2C + 8) u (|x_i| + |x_j|)^2` (`u` the unit
+    roundoff), taken with the largest `|x_j|` of the image.
+    """
+    centred = tokens.to(dtype) - tokens.to(dtype).mean(dim=1, keepdim=True)
+    norms = centred.square().sum(-1, keepdim=True)
+    ones = torch.ones_like(norms)
+    radius = norms[..., 0].double().sqrt()
+    unit_roundoff = torch.finfo(dtype).eps / 2
+    error = (2 * tokens.shape[-1] + 8) * unit_roundoff * (radius + radius.amax(1, keepdim=True)) ** 2
+    return Operands(torch.cat([centred, norms, ones], -1), torch.cat([-2 * centred, ones, norms], -1), error)
+
+
+def exact_squared_distances(tokens, rows, others, chunk_size: int):
+    """`|x_i - x_j|^2` in float64 (B, S, m) for the tokens i at `rows` (B, S) and their `others` (B, S, m) tokens j.
+
+    Direct differences: float32 tokens subtract and square exactly in float64, only the sum rounds, and equal tokens
+    are exactly 0 apart.
     """
     tokens = tokens.double()
     distances = []
-    for start in range(0, tokens.shape[1], chunk_size):
-        rows, index = tokens[:, start : start + chunk_size, None], others[:, start : start + chunk_size]
-        distances.append((rows - gather_rows(tokens, index)).square_().sum(-1))
+    for start in range(0, rows.shape[1], chunk_size):
+        chunk = slice(start, start + chunk_size)
+        differences = gather_rows(tokens, rows[:, chunk])[:, :, None] - gather_rows(tokens, others[:, chunk])
+        distances.append(differences.square_().sum(-1))
     return torch.cat(distances, dim=1)
 
 
-def nearest_neighbours(rows, columns, k: int, chunk_size: int):
-    """The k nearest tokens of every token, itself included (B, N, k), nearest first (3 step 2).
+def smallest_distances(rows, columns, count: int, chunk_size: int):
+    """Indices (B, R, count) of the `count` smallest entries of every row of `rows @ columns.T`, and their largest.
 
-    Columns are grouped into blocks of `width`; the k nearest of a row lie in the k blocks of smallest minimum (any
-    other block's tokens are all at least as far as those k minima), so a full-row reduction (block minima) and two
-    short selections replace a selection over the whole row. The distances are laid out (B, N, chunk): every
-    reduction over columns then runs across rows, which vectorises.
+    Columns are grouped into blocks of `width`; the `count` smallest of a row lie in the `count` blocks of smallest
+    minimum (any other block's entries are all at least as large as those minima), so a full-row reduction (block
+    minima) and two short selections replace a selection over the whole row. Distances are laid out (B, N, rows):
+    every reduction over columns then runs across rows, which vectorises.
     """
-    batch_size, num_tokens, _ = rows.shape
-    width = max(1, min(2 ** round(math.log2(math.sqrt(num_tokens / k))), num_tokens // k))
+    batch_size, num_tokens, _ = columns.shape
+    width = max(1, min(2 ** round(math.log2(math.sqrt(num_tokens / count))), num_tokens // count))
     num_blocks = -(-num_tokens // width)
     padding = columns.new_zeros(batch_size, num_blocks * width - num_tokens, columns.shape[-1])
     padding[..., -1] = float("inf")  # padded columns are infinitely far from every row
     columns = torch.cat([columns, padding], dim=1)
-    neighbours = []
-    for start in range(0, num_tokens, chunk_size):
+    indices, largest = [], []
+    for start in range(0, rows.shape[1], chunk_size):
         chunk_rows = rows[:, start : start + chunk_size].transpose(1, 2)
         distances = torch.bmm(columns, chunk_rows).unflatten(1, (num_blocks, width))
-        blocks = distances.amin(2).topk(k, dim=1, largest=False, sorted=False).indices
+        blocks = distances.amin(2).topk(count, dim=1, largest=False, sorted=False).indices
         candidates = distances.gather(1, blocks[:, :, None].expand(-1, -1, width, -1)).flatten(1, 2)
-        nearest = candidates.topk(k, dim=1, largest=False).indices
-        neighbours.append((blocks.gather(1, nearest // width) * width + nearest % width).transpose(1, 2))
-    return torch.cat(neighbours, dim=1)
+        values, nearest = candidates.topk(count, dim=1, largest=False, sorted=False)
+        indices.append((blocks.gather(1, nearest // width) * width + nearest % width).transpose(1, 2))
+        largest.append(values.amax(1))
+    return torch.cat(indices, dim=1), torch.cat(largest, dim=1)
 
 
-def search_denser(rows, columns, positions, chunk_size: int, static: bool):
+class Neighbours(NamedTuple):
+    """Every token's nearest tokens: `index` (B, N, K) and float64 squared `distance` (B, N, K), nearest first, and
+    `radius` (B, N): every token closer than `radius` is listed."""
+
+    index: torch.Tensor
+    distance: torch.Tensor
+    radius: torch.Tensor
+
+
+def nearest_neighbours(tokens, precisions, k: int, chunk_size: int) -> Neighbours:
+    """The `2k` nearest tokens of every token, itself included, certain to contain its k nearest (3 step 2).
+
+    Each precision's GEMM (`Operands`) proposes the candidates of the rows the previous one left uncertain: those whose
+    k-th exact distance is not below every unlisted token's distance (the largest listed GEMM value minus its rounding
+    bound). The last precision's answer is final.
+    """
+    batch_size, num_tokens, _ = tokens.shape
+    count = min(2 * k, num_tokens)
+    rows = torch.arange(num_tokens, device=tokens.device).expand(batch_size, -1)
+    index = distance = radius = None
+    for operands in precisions:
+        if rows.shape[1] == 0:
+            break
+        found, largest = smallest_distances(gather_rows(operands.rows, rows), operands.columns, count, chunk_size)
+        found_distance = exact_squared_distances(tokens, rows, found, chunk_size)
+        found_radius = largest.double() - gather_rows(operands.error, rows)
+        if count == num_tokens:
+            found_radius = torch.full_like(found_radius, float("inf"))
+        if index is None:
+            index, distance, radius = found, found_distance, found_radius
+        else:
+            redo = gather_rows(uncertain, rows)
+            index = replace_rows(index, rows, redo, found)
+            distance = replace_rows(distance, rows, redo, found_distance)
+            radius = replace_rows(radius, rows, redo, found_radius)
+        uncertain = distance.kthvalue(k, dim=-1).values > radius
+        rows = rows_where(uncertain)
+    order = distance.argsort(dim=-1, stable=True)
+    return Neighbours(index.gather(-1, order), distance.gather(-1, order), radius)
+
+
+def search_denser(rows, columns, positions, chunk_size: int):
     """Position of the nearest denser token of the tokens at density-order `positions` (B, P), sorted ascending.
 
     `rows` and `columns` are in density order, so the denser tokens of a token are exactly those before it and each
-    chunk of rows only meets the columns up to its last position. `static` promises `positions` is `0..N-1`.
+    chunk of rows only meets the columns up to its last position.
     """
     nearest = []
     for start in range(0, positions.shape[1], chunk_size):
         chunk = positions[:, start : start + chunk_size]
-        end = start + chunk.shape[1] if static else int(chunk.max()) + 1
+        end = min(start + chunk_size, positions.shape[1]) if is_static() else int(chunk.max()) + 1
         distances = torch.bmm(gather_rows(rows, chunk), columns[:, :end].transpose(1, 2))
         not_denser = torch.arange(end, device=chunk.device) >= chunk[..., None]
         nearest.append(distances.masked_fill_(not_denser, float("inf")).argmin(-1))
     return torch.cat(nearest, dim=1)
 
 
-def nearest_denser(rows, columns, neighbours, neighbour_distances, rank, chunk_size: int):
+def nearest_denser(operands, neighbours: Neighbours, rank, chunk_size: int):
     """Index of the nearest denser token of every token (B, N) (3 step 3), denser per 3.3 (`rank` 0 = densest).
 
-    A token with a denser token among its k nearest has it as its nearest denser one (every token nearer than a listed
-    one is listed too). The others, local density peaks, are searched; the densest of all gets an arbitrary index.
+    A listed denser token within the list's radius is the nearest denser one (every closer token is listed). The
+    others, local density peaks, are searched with the float64 `operands`; the densest of all gets itself.
     """
-    listed_denser = rank.gather(1, neighbours.flatten(1)).view_as(neighbours) < rank[..., None]
-    listed_distance = neighbour_distances.masked_fill(~listed_denser, float("inf"))
-    nearest = neighbours.gather(2, listed_distance.argmin(-1, keepdim=True))[..., 0]
-
+    listed_denser = gather_rows(rank, neighbours.index) < rank[..., None]
+    certain = listed_denser & (neighbours.distance < neighbours.radius[..., None])
+    nearest = neighbours.index.gather(-1, certain.to(torch.uint8).argmax(-1, keepdim=True))[..., 0]  # nearest first
     order = torch.argsort(rank, dim=1)
-    peak = ~listed_denser.any(-1).gather(1, order)  # in density order
-    static = torch.compiler.is_compiling() or torch.jit.is_tracing()
-    num_searched = peak.shape[1] if static else int(peak.sum(1).max())
-    positions = torch.argsort(~peak, dim=1, stable=True)[:, :num_searched].sort(dim=1).values
-    found = order.gather(1, search_denser(gather_rows(rows, order), gather_rows(columns, order), positions, chunk_size, static))
-    searched = order.gather(1, positions)
-    found = torch.where(peak.gather(1, positions), found, nearest.gather(1, searched))
-    return nearest.scatter(1, searched, found)
+    peak = ~certain.any(-1).gather(1, order)  # in density order
+    positions = rows_where(peak)
+    sorted_rows, sorted_columns = gather_rows(operands.rows, order), gather_rows(operands.columns, order)
+    found = order.gather(1, search_denser(sorted_rows, sorted_columns, positions, chunk_size))
+    return replace_rows(nearest, order.gather(1, positions), peak.gather(1, positions), found)
 
 
 def rank_centres(density, denser_distance, num_channels: int, num_centres: int):
@@ -130,19 +207,20 @@ def rank_centres(density, denser_distance, num_channels: int, num_centres: int):
     return torch.sort(score, dim=1, descending=True, stable=True).indices[:, :num_centres]
 
 
-def assign_to_centres(rows, columns, centres, counts, chunk_size: int):
+def assign_to_centres(operands, centres, counts, chunk_size: int):
     """Nearest-centre cluster of every token for each scale (3 step 5); scale s uses the first `counts[s]` centres.
 
     One distance pass to the centres of the finest scale serves every scale; a scale with one cluster per token
     needs none. Ties go to the lower cluster number, and every centre belongs to its own cluster.
     """
+    rows = operands.rows
     batch_size, num_tokens, _ = rows.shape
     computed = [scale for scale, count in enumerate(counts) if count < num_tokens]
-    assignments = rows.new_zeros(batch_size, len(counts), num_tokens, dtype=torch.long)
+    assignments = torch.zeros(batch_size, len(counts), num_tokens, dtype=torch.long, device=rows.device)
     if computed:
-        centre_columns = gather_rows(columns, centres[:, : max(counts[scale] for scale in computed)]).transpose(1, 2)
+        centre_columns = gather_rows(operands.columns, centres[:, : max(counts[scale] for scale in computed)])
         for start in range(0, num_tokens, chunk_size):
-            distances = torch.bmm(rows[:, start : start + chunk_size], centre_columns)
+            distances = torch.bmm(rows[:, start : start + chunk_size], centre_columns.transpose(1, 2))
             for scale in computed:
                 assignments[:, scale, start : start + chunk_size] = distances[:, :, : counts[scale]].argmin(-1)
     for scale, count in enumerate(counts):
@@ -183,18 +261,18 @@ def density_peaks(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: 
     if k < 1 or chunk_size < 1:
         raise ValueError(f"k={k} and chunk_size={chunk_size} must both be >= 1.")
     with torch.autocast(device_type=tokens.device.type, enabled=False):
-        work = tokens if tokens.dtype == torch.float64 else tokens.float()
-        rows, columns = gemm_operands(work - work.mean(dim=1, keepdim=True))  # centred: same distances, less rounding
-        neighbours = nearest_neighbours(rows, columns, min(k, num_tokens), chunk_size)
-        neighbour_distances = exact_squared_distances(tokens, neighbours, chunk_size)
-        density = torch.exp(-neighbour_distances.mean(-1) / num_channels)
+        exact = gemm_operands(tokens, torch.float64)
+        precisions = (exact,) if tokens.dtype == torch.float64 else (gemm_operands(tokens, torch.float32), exact)
+        k = min(k, num_tokens)
+        neighbours = nearest_neighbours(tokens, precisions, k, chunk_size)
+        density = torch.exp(-neighbours.distance[..., :k].mean(-1) / num_channels)
         order = torch.sort(density, dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_tokens, device=tokens.device).expand_as(order))
-        denser = nearest_denser(rows, columns, neighbours, neighbour_distances, rank, chunk_size)
-        denser_distance = exact_squared_distances(tokens, denser[..., None], chunk_size)[..., 0]
-        denser_distance = denser_distance.masked_fill(rank == 0, float("inf"))
-        centres = rank_centres(density, denser_distance, num_channels, max(counts))
-        return DensityPeaks(assign_to_centres(rows, columns, centres, counts, chunk_size), centres)
+        denser = nearest_denser(exact, neighbours, rank, chunk_size)
+        all_rows = torch.arange(num_tokens, device=tokens.device).expand_as(order)
+        denser_distance = exact_squared_distances(tokens, all_rows, denser[..., None], chunk_size)[..., 0]
+        centres = rank_centres(density, denser_distance.masked_fill(rank == 0, float("inf")), num_channels, max(counts))
+        return DensityPeaks(assign_to_centres(exact, centres, counts, chunk_size), centres)
 
 
 def cluster_tokens(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int = 256) -> torch.LongTensor:
