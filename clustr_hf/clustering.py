@@ -92,7 +92,7 @@ def exact_squared_distances(tokens, rows, others, chunk_size: int):
     distances = []
     for start in range(0, rows.shape[1], chunk_size):
         chunk = slice(start, start + chunk_size)
-        differences = gather_rows(tokens, rows[:, chunk])[:, :, None] - gather_rows(tokens, others[:, chunk])
+        differences = gather_rows(tokens, others[:, chunk]).sub_(gather_rows(tokens, rows[:, chunk])[:, :, None])
         distances.append(differences.square_().sum(-1))
     return torch.cat(distances, dim=1)
 
@@ -124,44 +124,53 @@ def smallest_distances(rows, columns, count: int, chunk_size: int):
 
 
 class Neighbours(NamedTuple):
-    """Every token's nearest tokens: `index` (B, N, K) and float64 squared `distance` (B, N, K), nearest first, and
-    `radius` (B, N): every token closer than `radius` is listed."""
+    """Tokens' nearest tokens: `index` (B, R, K) and float64 squared `distance` (B, R, K), and `radius` (B, R): every
+    token closer than `radius` is listed."""
 
     index: torch.Tensor
     distance: torch.Tensor
     radius: torch.Tensor
 
 
+def listed_neighbours(tokens, operands, rows, count: int, chunk_size: int) -> Neighbours:
+    """The `count` nearest tokens (by the `operands`' GEMM) of the tokens at `rows` (B, R), with exact distances.
+
+    Unlisted tokens are at least as far as the largest listed GEMM value minus its rounding bound, and than 0.
+    """
+    index, largest = smallest_distances(gather_rows(operands.rows, rows), operands.columns, count, chunk_size)
+    radius = (largest.double() - gather_rows(operands.error, rows)).clamp_min(0)
+    if count == tokens.shape[1]:
+        radius = torch.full_like(radius, float("inf"))
+    return Neighbours(index, exact_squared_distances(tokens, rows, index, chunk_size), radius)
+
+
 def nearest_neighbours(tokens, precisions, k: int, chunk_size: int) -> Neighbours:
     """The `2k` nearest tokens of every token, itself included, certain to contain its k nearest (3 step 2).
 
-    Each precision's GEMM (`Operands`) proposes the candidates of the rows the previous one left uncertain: those whose
-    k-th exact distance is not below every unlisted token's distance (the largest listed GEMM value minus its rounding
-    bound). The last precision's answer is final.
+    The first precision's GEMM (`Operands`) lists candidates for every token; each next one redoes the tokens whose
+    k-th exact distance exceeds their list's radius (image by image, so that only those are computed). The last
+    precision's lists are final. Lists come sorted by exact distance, nearest first.
     """
     batch_size, num_tokens, _ = tokens.shape
     count = min(2 * k, num_tokens)
-    rows = torch.arange(num_tokens, device=tokens.device).expand(batch_size, -1)
-    index = distance = radius = None
-    for operands in precisions:
-        if rows.shape[1] == 0:
-            break
-        found, largest = smallest_distances(gather_rows(operands.rows, rows), operands.columns, count, chunk_size)
-        found_distance = exact_squared_distances(tokens, rows, found, chunk_size)
-        found_radius = largest.double() - gather_rows(operands.error, rows)
-        if count == num_tokens:
-            found_radius = torch.full_like(found_radius, float("inf"))
-        if index is None:
-            index, distance, radius = found, found_distance, found_radius
-        else:
-            redo = gather_rows(uncertain, rows)
-            index = replace_rows(index, rows, redo, found)
-            distance = replace_rows(distance, rows, redo, found_distance)
-            radius = replace_rows(radius, rows, redo, found_radius)
-        uncertain = distance.kthvalue(k, dim=-1).values > radius
-        rows = rows_where(uncertain)
-    order = distance.argsort(dim=-1, stable=True)
-    return Neighbours(index.gather(-1, order), distance.gather(-1, order), radius)
+    all_rows = torch.arange(num_tokens, device=tokens.device).expand(batch_size, -1)
+    first, *finer = precisions
+    neighbours = listed_neighbours(tokens, first, all_rows, count, chunk_size)
+    for operands in finer:
+        uncertain = neighbours.distance.kthvalue(k, dim=-1).values > neighbours.radius
+        images = []
+        for image in range(batch_size):
+            one = Neighbours(*(values[image : image + 1] for values in neighbours))
+            rows = rows_where(uncertain[image : image + 1])
+            if rows.shape[1]:
+                image_operands = Operands(*(values[image : image + 1] for values in operands))
+                redone = listed_neighbours(tokens[image : image + 1], image_operands, rows, count, chunk_size)
+                replace = uncertain[image : image + 1].gather(1, rows)
+                one = Neighbours(*(replace_rows(old, rows, replace, new) for old, new in zip(one, redone)))
+            images.append(one)
+        neighbours = Neighbours(*(torch.cat(parts) for parts in zip(*images)))
+    order = neighbours.distance.argsort(dim=-1, stable=True)
+    return Neighbours(neighbours.index.gather(-1, order), neighbours.distance.gather(-1, order), neighbours.radius)
 
 
 def search_denser(rows, columns, positions, chunk_size: int):
@@ -183,11 +192,11 @@ def search_denser(rows, columns, positions, chunk_size: int):
 def nearest_denser(operands, neighbours: Neighbours, rank, chunk_size: int):
     """Index of the nearest denser token of every token (B, N) (3 step 3), denser per 3.3 (`rank` 0 = densest).
 
-    A listed denser token within the list's radius is the nearest denser one (every closer token is listed). The
+    A listed denser token within the list's radius is the nearest denser one (no unlisted token is closer). The
     others, local density peaks, are searched with the float64 `operands`; the densest of all gets itself.
     """
     listed_denser = gather_rows(rank, neighbours.index) < rank[..., None]
-    certain = listed_denser & (neighbours.distance < neighbours.radius[..., None])
+    certain = listed_denser & (neighbours.distance <= neighbours.radius[..., None])
     nearest = neighbours.index.gather(-1, certain.to(torch.uint8).argmax(-1, keepdim=True))[..., 0]  # nearest first
     order = torch.argsort(rank, dim=1)
     peak = ~certain.any(-1).gather(1, order)  # in density order
