@@ -25,6 +25,11 @@ from typing import NamedTuple
 import torch
 
 
+CHUNK_DISTANCES = 2**21
+"""Distances per image a GEMM chunk of the kNN pass produces at most (8 MB of float32): larger chunks leave the
+cache before they are reduced (measured twice as slow at N = 12544)."""
+
+
 def cluster_counts(num_tokens: int, reduction_ratio: int, scales) -> tuple[int, ...]:
     """Clusters per scale for `num_tokens` tokens (2.2 step 3): `scale * (N // r**2)`, raised to 1, clipped to N."""
     base = num_tokens // reduction_ratio**2
@@ -111,6 +116,7 @@ def smallest_distances(rows, columns, count: int, chunk_size: int):
     padding = columns.new_zeros(batch_size, num_blocks * width - num_tokens, columns.shape[-1])
     padding[..., -1] = float("inf")  # padded columns are infinitely far from every row
     columns = torch.cat([columns, padding], dim=1)
+    chunk_size = min(chunk_size, max(16, CHUNK_DISTANCES // num_tokens))
     indices, largest = [], []
     for start in range(0, rows.shape[1], chunk_size):
         chunk_rows = rows[:, start : start + chunk_size].transpose(1, 2)
@@ -144,33 +150,49 @@ def listed_neighbours(tokens, operands, rows, count: int, chunk_size: int) -> Ne
     return Neighbours(index, exact_squared_distances(tokens, rows, index, chunk_size), radius)
 
 
+def decide_rows(decide, precisions, batch_size: int, num_tokens: int, device):
+    """`decide(operands, images, rows)` for every token with the first precision's `Operands`, then again with each
+    next precision for the tokens it left uncertain, image by image so that only those are computed.
+
+    `decide` gets a slice `images` of the batch and token indices `rows` (b, R) of those images, and returns (b, R, ...)
+    tensors, the last of them the (b, R) uncertainty. The last precision's answers are final.
+    """
+    rows = torch.arange(num_tokens, device=device).expand(batch_size, -1)
+    first, *finer = precisions
+    results = decide(first, slice(None), rows)
+    for operands in finer:
+        if not is_static() and not results[-1].any():
+            break
+        images = []
+        for image in range(batch_size):
+            one = tuple(values[image : image + 1] for values in results)
+            rows = rows_where(one[-1])
+            if rows.shape[1]:
+                redone = decide(operands, slice(image, image + 1), rows)
+                replace = one[-1].gather(1, rows)
+                one = tuple(replace_rows(old, rows, replace, new) for old, new in zip(one, redone))
+            images.append(one)
+        results = tuple(torch.cat(parts) for parts in zip(*images))
+    return results
+
+
 def nearest_neighbours(tokens, precisions, k: int, chunk_size: int) -> Neighbours:
     """The `2k` nearest tokens of every token, itself included, certain to contain its k nearest (3 step 2).
 
-    The first precision's GEMM (`Operands`) lists candidates for every token; each next one redoes the tokens whose
-    k-th exact distance exceeds their list's radius (image by image, so that only those are computed). The last
-    precision's lists are final. Lists come sorted by exact distance, nearest first.
+    A token's list is certain when its k-th exact distance is within its radius; the others are redone with the next
+    precision. Lists come sorted by exact distance, nearest first.
     """
-    batch_size, num_tokens, _ = tokens.shape
-    count = min(2 * k, num_tokens)
-    all_rows = torch.arange(num_tokens, device=tokens.device).expand(batch_size, -1)
-    first, *finer = precisions
-    neighbours = listed_neighbours(tokens, first, all_rows, count, chunk_size)
-    for operands in finer:
-        uncertain = neighbours.distance.kthvalue(k, dim=-1).values > neighbours.radius
-        images = []
-        for image in range(batch_size):
-            one = Neighbours(*(values[image : image + 1] for values in neighbours))
-            rows = rows_where(uncertain[image : image + 1])
-            if rows.shape[1]:
-                image_operands = Operands(*(values[image : image + 1] for values in operands))
-                redone = listed_neighbours(tokens[image : image + 1], image_operands, rows, count, chunk_size)
-                replace = uncertain[image : image + 1].gather(1, rows)
-                one = Neighbours(*(replace_rows(old, rows, replace, new) for old, new in zip(one, redone)))
-            images.append(one)
-        neighbours = Neighbours(*(torch.cat(parts) for parts in zip(*images)))
-    order = neighbours.distance.argsort(dim=-1, stable=True)
-    return Neighbours(neighbours.index.gather(-1, order), neighbours.distance.gather(-1, order), neighbours.radius)
+    count = min(2 * k, tokens.shape[1])
+
+    def decide(operands, images, rows):
+        image_operands = Operands(*(values[images] for values in operands))
+        neighbours = listed_neighbours(tokens[images], image_operands, rows, count, chunk_size)
+        return (*neighbours, neighbours.distance.kthvalue(k, dim=-1).values > neighbours.radius)
+
+    *neighbours, _ = decide_rows(decide, precisions, *tokens.shape[:2], tokens.device)
+    index, distance, radius = neighbours
+    order = distance.argsort(dim=-1, stable=True)
+    return Neighbours(index.gather(-1, order), distance.gather(-1, order), radius)
 
 
 def search_denser(rows, columns, positions, chunk_size: int):
@@ -216,24 +238,49 @@ def rank_centres(density, denser_distance, num_channels: int, num_centres: int):
     return torch.sort(score, dim=1, descending=True, stable=True).indices[:, :num_centres]
 
 
-def assign_to_centres(operands, centres, counts, chunk_size: int):
+def nearest_centres(operands, rows, centres, counts, chunk_size: int):
+    """Nearest of the first `counts[s]` `centres` (b, M) for each scale s, of the tokens at `rows` (b, R): (b, R, S)
+    cluster numbers (ties to the lower), and whether some scale's runner-up is within twice the rounding bound."""
+    centre_columns = gather_rows(operands.columns, centres).transpose(1, 2)
+    clusters, uncertain = [], []
+    for start in range(0, rows.shape[1], chunk_size):
+        chunk = rows[:, start : start + chunk_size]
+        distances = torch.bmm(gather_rows(operands.rows, chunk), centre_columns)
+        margin = 2 * gather_rows(operands.error, chunk)
+        nearest, close_call = [], torch.zeros_like(margin, dtype=torch.bool)
+        for count in counts:
+            candidates = distances[:, :, :count]
+            best = candidates.argmin(-1, keepdim=True)
+            runner_up = candidates.scatter(-1, best, float("inf")).amin(-1)
+            close_call |= runner_up - candidates.gather(-1, best)[..., 0] <= margin
+            nearest.append(best)
+        clusters.append(torch.cat(nearest, dim=-1))
+        uncertain.append(close_call)
+    return torch.cat(clusters, dim=1), torch.cat(uncertain, dim=1)
+
+
+def assign_to_centres(tokens, precisions, centres, counts, chunk_size: int):
     """Nearest-centre cluster of every token for each scale (3 step 5); scale s uses the first `counts[s]` centres.
 
     One distance pass to the centres of the finest scale serves every scale; a scale with one cluster per token
-    needs none. Ties go to the lower cluster number, and every centre belongs to its own cluster.
+    needs none. Close calls are redone with the next precision. Ties go to the lower cluster number, and every centre
+    belongs to its own cluster.
     """
-    rows = operands.rows
-    batch_size, num_tokens, _ = rows.shape
+    batch_size, num_tokens, _ = tokens.shape
     computed = [scale for scale, count in enumerate(counts) if count < num_tokens]
-    assignments = torch.zeros(batch_size, len(counts), num_tokens, dtype=torch.long, device=rows.device)
+    assignments = torch.zeros(batch_size, len(counts), num_tokens, dtype=torch.long, device=tokens.device)
     if computed:
-        centre_columns = gather_rows(operands.columns, centres[:, : max(counts[scale] for scale in computed)])
-        for start in range(0, num_tokens, chunk_size):
-            distances = torch.bmm(rows[:, start : start + chunk_size], centre_columns.transpose(1, 2))
-            for scale in computed:
-                assignments[:, scale, start : start + chunk_size] = distances[:, :, : counts[scale]].argmin(-1)
+        scale_counts = [counts[scale] for scale in computed]
+        candidates = centres[:, : max(scale_counts)]
+
+        def decide(operands, images, rows):
+            image_operands = Operands(*(values[images] for values in operands))
+            return nearest_centres(image_operands, rows, candidates[images], scale_counts, chunk_size)
+
+        clusters, _ = decide_rows(decide, precisions, batch_size, num_tokens, tokens.device)
+        assignments[:, computed] = clusters.transpose(1, 2)
     for scale, count in enumerate(counts):
-        own_cluster = torch.arange(count, device=rows.device).expand(batch_size, count)
+        own_cluster = torch.arange(count, device=tokens.device).expand(batch_size, count)
         assignments[:, scale].scatter_(1, centres[:, :count], own_cluster)
     return assignments
 
@@ -281,7 +328,7 @@ def density_peaks(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: 
         all_rows = torch.arange(num_tokens, device=tokens.device).expand_as(order)
         denser_distance = exact_squared_distances(tokens, all_rows, denser[..., None], chunk_size)[..., 0]
         centres = rank_centres(density, denser_distance.masked_fill(rank == 0, float("inf")), num_channels, max(counts))
-        return DensityPeaks(assign_to_centres(exact, centres, counts, chunk_size), centres)
+        return DensityPeaks(assign_to_centres(tokens, precisions, centres, counts, chunk_size), centres)
 
 
 def cluster_tokens(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int = 256) -> torch.LongTensor:
