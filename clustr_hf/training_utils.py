@@ -4,6 +4,7 @@ Used by `examples/run_image_classification.py` (Trainer) and `examples/run_image
 (accelerate). Works for any `AutoModelForImageClassification`, not only ClusTR.
 """
 
+import functools
 import gzip
 import hashlib
 import json
@@ -207,6 +208,12 @@ def parse_arguments(dataclass_types, argv=None):
 def load_digits_dataset() -> datasets.DatasetDict:
     """scikit-learn's bundled handwritten digits (1797 greyscale 8x8 images, 10 classes) as train/validation splits
     of 80%/20%, stratified by class and always the same."""
+    train, validation = _digits_splits()
+    return datasets.DatasetDict({"train": train, "validation": validation})
+
+
+@functools.cache
+def _digits_splits() -> tuple[datasets.Dataset, datasets.Dataset]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -216,7 +223,7 @@ def load_digits_dataset() -> datasets.DatasetDict:
     )
     dataset = datasets.Dataset.from_dict({"image": list(images), "label": digits.target.tolist()}, features=features)
     split = dataset.train_test_split(test_size=0.2, seed=0, stratify_by_column="label")
-    return datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
+    return split["train"], split["test"]
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -67,7 +67,10 @@ class LoopArguments:
     max_grad_norm: float = field(default=0.0, metadata={"help": "Clip gradients to this norm; 0 = no clipping."})
     num_train_epochs: float = field(default=3, metadata={"help": "Epochs to train (unless --max_train_steps)."})
     max_train_steps: int | None = field(default=None, metadata={"help": "Optimizer steps to train; overrides epochs."})
-    lr_scheduler_type: SchedulerType = field(default="linear", metadata={"help": "transformers' scheduler name."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "transformers' scheduler name.", "choices": [kind.value for kind in SchedulerType]},
+    )
     num_warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps (see also --warmup_epochs)."})
     mixed_precision: str = field(
         default="no", metadata={"help": "Autocast dtype: no, bf16 or fp16.", "choices": ["no", "bf16", "fp16"]}
@@ -247,13 +250,14 @@ def main(argv=None) -> dict:
             running += torch.stack([loss.detach().float(), torch.ones((), device=loss.device)])
             if not accelerator.sync_gradients:
                 continue
+            learning_rate_of_step = lr_scheduler.get_last_lr()[0]
             lr_scheduler.step()
             global_step += 1
             progress.update(1)
             if global_step % loop_args.logging_steps == 0 or global_step == max_train_steps:
                 loss_sum, count = accelerator.reduce(running, reduction="sum").tolist()
                 entry = {"step": global_step, "epoch": epoch, "loss": loss_sum / count,
-                         "learning_rate": lr_scheduler.get_last_lr()[0]}
+                         "learning_rate": learning_rate_of_step}
                 running.zero_()
                 progress.set_postfix(loss=f"{entry['loss']:.4f}")
                 if accelerator.is_main_process:
