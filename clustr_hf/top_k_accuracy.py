@@ -13,8 +13,9 @@ Top-1 accuracy is the usual accuracy.
 
 _KWARGS_DESCRIPTION = """
 Args:
-    predictions (`list` of `list` of `int`): per sample, class indices ranked best first (e.g. `logits.topk(5).indices`).
-        Every row has the same length, at least the largest k (or all classes when there are fewer).
+    predictions (`list` of `list` of `int`): per sample, class indices ranked best first
+        (e.g. `logits.topk(5).indices`). Every row has the same length: the largest k, or all classes when there
+        are fewer.
     references (`list` of `int`): the true class of each sample.
     k (`tuple` of `int`, defaults to (1, 5)): the k values to report; each is capped at the ranking's length.
 Returns:

@@ -461,10 +461,10 @@ class EpochSampler(Sampler):
     each `repeats` times in a row with different seeds, keeping the epoch length.
     """
 
-    def __init__(self, num_samples: int, seed: int, repeats: int = 1, shuffle: bool = True):
+    def __init__(self, num_samples: int, seed: int, repeats: int = 1):
         if repeats < 1:
             raise ValueError(f"repeated_augmentations={repeats} must be >= 1.")
-        self.num_samples, self.seed, self.repeats, self.shuffle = num_samples, seed, repeats, shuffle
+        self.num_samples, self.seed, self.repeats = num_samples, seed, repeats
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -475,7 +475,7 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator) if self.shuffle else torch.arange(self.num_samples)
+        order = torch.randperm(self.num_samples, generator=generator)
         if self.repeats > 1:
             order = order[: math.ceil(self.num_samples / self.repeats)].repeat_interleave(self.repeats)
             order = order[: self.num_samples]
@@ -699,7 +699,9 @@ def load_checkpoint(accelerator, folder: str | os.PathLike, signature: dict) -> 
         state = json.loads(state_file.read_text())
         recorded = state["run"]
     except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{state_file} is corrupt ({error}); resume from another checkpoint: {others}.") from error
+        raise CheckpointError(
+            f"{state_file} is corrupt ({error}); resume from another checkpoint: {others}."
+        ) from error
     mismatches = [
         f"{key} is {recorded.get(key)!r} in the checkpoint but {value!r} now"
         for key, value in signature.items()

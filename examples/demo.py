@@ -13,8 +13,7 @@ from pathlib import Path
 
 from transformers import pipeline
 
-import clustr_hf  # noqa: F401  (registers ClusTR with the Auto classes the pipeline uses)
-from clustr_hf.training_utils import load_digits_dataset
+from clustr_hf.training_utils import load_digits_dataset  # importing clustr_hf registers ClusTR's Auto classes
 
 
 sys.path.insert(0, str(Path(__file__).parent))

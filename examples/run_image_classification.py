@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class CheckpointArguments:
     checkpointing_steps: int | None = field(
-        default=None, metadata={"help": "Save a checkpoint every N steps (same as --save_strategy steps --save_steps N)."}
+        default=None,
+        metadata={"help": "Save a checkpoint every N steps (same as --save_strategy steps --save_steps N)."},
     )
 
 

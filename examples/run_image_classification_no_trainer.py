@@ -72,8 +72,10 @@ class LoopArguments:
         metadata={"help": "transformers' scheduler name.", "choices": [kind.value for kind in SchedulerType]},
     )
     num_warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps (see also --warmup_epochs)."})
-    mixed_precision: str = field(
-        default="no", metadata={"help": "Autocast dtype: no, bf16 or fp16.", "choices": ["no", "bf16", "fp16"]}
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={"help": "Autocast dtype: no, bf16 or fp16; default: accelerate's configuration (no without one).",
+                  "choices": ["no", "bf16", "fp16"]},
     )
     seed: int = field(default=42, metadata={"help": "Seed of weights, data order and augmentation."})
     checkpointing_steps: str | None = field(
@@ -86,6 +88,7 @@ class LoopArguments:
     with_tracking: bool = field(default=False, metadata={"help": "Log to the trackers of --report_to."})
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s): tensorboard, all, ..."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading worker processes."})
+    use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even if a GPU is available."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final folder to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository (default: output_dir's name)."})
 
@@ -133,6 +136,8 @@ def main(argv=None) -> dict:
     output_dir = Path(loop_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
     accelerator = Accelerator(
+        # without a GPU or other accelerator, several processes (torchrun) form a gloo group only with cpu=True
+        cpu=loop_args.use_cpu or not torch.accelerator.is_available(),
         gradient_accumulation_steps=loop_args.gradient_accumulation_steps,
         mixed_precision=loop_args.mixed_precision,
         log_with=loop_args.report_to if loop_args.with_tracking else None,
@@ -203,7 +208,8 @@ def main(argv=None) -> dict:
     if later:
         raise CheckpointError(
             f"{checkpoints_dir} already holds checkpoints after step {global_step} ({', '.join(later)}) that this run "
-            f"would overwrite; resume from the latest with --resume_from_checkpoint latest, or use another --output_dir."
+            f"would overwrite; resume from the latest with --resume_from_checkpoint latest, or use another "
+            f"--output_dir."
         )
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process and log_path.exists():

@@ -50,10 +50,19 @@ def subprocess_env() -> dict:
     }
 
 
-def run_no_trainer(flags: list[str], launcher: tuple[str, ...] = (), timeout: float = 300) -> None:
-    """Run the accelerate script in a child process (optionally under a launcher such as torchrun); fail with its
-    output if it fails."""
+def start_no_trainer(flags: list[str], launcher: tuple[str, ...] = ()) -> subprocess.Popen:
+    """Start the accelerate script in a child process, optionally under a launcher such as torchrun."""
     command = [*launcher] if launcher else [sys.executable]
     command += [str(EXAMPLES / "run_image_classification_no_trainer.py"), *flags]
-    completed = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
-    assert completed.returncode == 0, f"{' '.join(command)} failed:\n{completed.stdout[-3000:]}\n{completed.stderr[-6000:]}"
+    return subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait for a script started by `start_no_trainer`; fail with its output if it failed."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"{' '.join(process.args)} failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
+
+
+def run_no_trainer(flags: list[str], launcher: tuple[str, ...] = ()) -> None:
+    """Run the accelerate script in a child process to the end."""
+    finish(start_no_trainer(flags, launcher))
