@@ -30,12 +30,14 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.trainer_pt_utils import get_parameter_names
+from transformers.utils import logging
 
 from .configuration_clustr import VARIANTS, ClusTRConfig
 from .modeling_clustr import ClusTRForImageClassification
 
 
-BUILTIN_DATASETS = ("digits", "fashion_mnist")
+logger = logging.get_logger(__name__)
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_LABELS = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -574,7 +576,9 @@ def scaled_learning_rate(learning_rate: float, total_batch_size: int, base_batch
 
 
 def scheduler_kwargs(lr_scheduler_type: str, learning_rate: float, args: RecipeArguments) -> dict:
-    """The `scheduler_specific_kwargs` of transformers' `get_scheduler` for the minimum and warm-up start rates."""
+    """The `scheduler_specific_kwargs` of transformers' `get_scheduler` for the minimum and warm-up start rates
+    (a rate the chosen schedule has no use for is left out with a warning, e.g. a recipe's under `--lr_scheduler_type
+    cosine`)."""
     lr_scheduler_type = str(getattr(lr_scheduler_type, "value", lr_scheduler_type))
     kwargs = {}
     if lr_scheduler_type in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
@@ -582,14 +586,13 @@ def scheduler_kwargs(lr_scheduler_type: str, learning_rate: float, args: RecipeA
             raise ValueError(f"--lr_scheduler_type {lr_scheduler_type} needs --min_learning_rate (e.g. 1e-5).")
         kwargs["min_lr"] = args.min_learning_rate
     elif args.min_learning_rate is not None:
-        raise ValueError(
-            f"--min_learning_rate only applies to --lr_scheduler_type cosine_with_min_lr or cosine_warmup_with_min_lr, "
-            f"not {lr_scheduler_type}."
-        )
+        logger.warning(f"--min_learning_rate is ignored: --lr_scheduler_type {lr_scheduler_type} has no minimum rate.")
     if args.warmup_start_learning_rate is not None:
-        if lr_scheduler_type != "cosine_warmup_with_min_lr":
-            raise ValueError("--warmup_start_learning_rate needs --lr_scheduler_type cosine_warmup_with_min_lr.")
-        kwargs["warmup_lr_rate"] = args.warmup_start_learning_rate / learning_rate
+        if lr_scheduler_type == "cosine_warmup_with_min_lr":
+            kwargs["warmup_lr_rate"] = args.warmup_start_learning_rate / learning_rate
+        else:
+            logger.warning(f"--warmup_start_learning_rate is ignored: only cosine_warmup_with_min_lr starts its warm-up "
+                           f"above 0, not --lr_scheduler_type {lr_scheduler_type}.")
     return kwargs
 
 

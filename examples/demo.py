@@ -39,7 +39,7 @@ def training_flags(output_dir: str, epochs: int, image_size: int) -> list[str]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the Hub-ready folder is written.")
-    parser.add_argument("--epochs", type=int, default=12, help="Training epochs over the 1437 training digits.")
+    parser.add_argument("--epochs", type=int, default=10, help="Training epochs over the 1437 training digits.")
     parser.add_argument("--image_size", type=int, default=64, help="Side of the upsampled digits.")
     parser.add_argument("--num_examples", type=int, default=6, help="Held-out digits shown through the pipeline.")
     args = parser.parse_args(argv)

@@ -274,10 +274,11 @@ def test_no_trainer_script_trains_and_saves_a_pipeline_ready_folder(tmp_path, ti
     from transformers import pipeline
 
     output = tmp_path / "run"
-    results = main(tiny_run_flags(tiny_model_dir, output, "--max_train_steps", "6", "--per_device_train_batch_size",
-                                  "8", "--gradient_accumulation_steps", "2", "--repeated_augmentations", "2",
-                                  "--with_tracking"))
+    results = main(tiny_run_flags(tiny_model_dir, output, "--recipe", "imagenet", "--image_size", "32",
+                                  "--max_train_steps", "6", "--per_device_train_batch_size", "8",
+                                  "--gradient_accumulation_steps", "2", "--with_tracking"))
     assert results["train_steps"] == 6 and results["total_train_batch_size"] == 16
+    assert results["learning_rate"] == pytest.approx(3e-3 * 16 / 512)  # the recipe's linear scaling rule
     assert 0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1 and math.isfinite(results["eval_loss"])
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     losses = [entry["loss"] for entry in log if "loss" in entry]
