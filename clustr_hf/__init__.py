@@ -24,6 +24,10 @@ AutoImageProcessor.register(
     exist_ok=True,
 )
 # save_pretrained then also writes the .py files and auto_map, so that saved folders load without clustr_hf.
+ClusTRConfig.register_for_auto_class("AutoConfig")
+ClusTRModel.register_for_auto_class("AutoModel")
+ClusTRForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+ClusTRBackbone.register_for_auto_class("AutoBackbone")
 ClusTRImageProcessor.register_for_auto_class("AutoImageProcessor")
 ClusTRImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 
