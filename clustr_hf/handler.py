@@ -1,4 +1,4 @@
-"""Custom handler for Hugging Face Inference Endpoints, shipped as handler.py in every Hub folder of a ClusTR classifier.
+"""Custom handler for Hugging Face Inference Endpoints, shipped as handler.py in the Hub folder of a ClusTR classifier.
 
 The Hub's hosted widget does not run custom code; an Inference Endpoint imports this file from the repository and
 calls `EndpointHandler(path)(data)`. It needs only torch, torchvision and transformers (no clustr_hf): the model and

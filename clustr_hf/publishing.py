@@ -6,6 +6,7 @@ the complete auto_map, the model code, image processor, model card, Inference En
 """
 
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -14,11 +15,13 @@ from pathlib import Path
 import torch
 import transformers
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from transformers import AutoImageProcessor
+from transformers.image_utils import PILImageResampling
 
 from .configuration_clustr import VARIANTS, ClusTRConfig
 from .convert_reference_checkpoint import convert_checkpoint
 from .image_processing_clustr import ClusTRImageProcessor
-from .modeling_clustr import ClusTRForImageClassification
+from .modeling_clustr import REMOTE_CODE_AUTO_MAP, ClusTRForImageClassification
 
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "TEMPLATE.md"
@@ -38,12 +41,6 @@ VARIANT_NOTES = {
     "b1": "released configuration",
     "b2": 'released configuration, "ClusTR small" in the paper',
     "b3": "released configuration",
-}
-REMOTE_CODE_AUTO_MAP = {
-    "AutoConfig": "configuration_clustr.ClusTRConfig",
-    "AutoModel": "modeling_clustr.ClusTRModel",
-    "AutoModelForImageClassification": "modeling_clustr.ClusTRForImageClassification",
-    "AutoBackbone": "modeling_clustr.ClusTRBackbone",
 }
 HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "handler.py",
              "requirements.txt")
@@ -83,12 +80,10 @@ def accuracy_results(results: dict, results_file: str) -> list[dict]:
     """The accuracies in a results dict (`eval_accuracy`, `eval_top5_accuracy`, ...) as card rows, top-1 first."""
     rows = []
     for key, value in results.items():
-        if key == "eval_accuracy":
-            k = 1
-        elif key.startswith("eval_top") and key.endswith("_accuracy") and key[len("eval_top"):-len("_accuracy")].isdigit():
-            k = int(key[len("eval_top"):-len("_accuracy")])
-        else:
+        match = re.fullmatch(r"eval_(?:top(\d+)_)?accuracy", key)
+        if not match:
             continue
+        k = int(match.group(1) or 1)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{results_file}: {key}={value!r} is not an accuracy in [0, 1].")
         rows.append({"k": k, "name": f"Top-{k} accuracy", "value": float(value),
@@ -96,18 +91,33 @@ def accuracy_results(results: dict, results_file: str) -> list[dict]:
     return sorted(rows, key=lambda row: row["k"])
 
 
-def describe_flops(gflops: float | None, image_size: int, variant: str | None) -> str:
+def describe_input(image_processor) -> tuple[tuple[int, int], str]:
+    """The (height, width) the image processor produces and the card's description of how."""
+    size, crop_pct = image_processor.size, getattr(image_processor, "crop_pct", None)
+    name = type(image_processor).__name__
+    if size.get("shortest_edge") and crop_pct:
+        crop = size["shortest_edge"]
+        resample = PILImageResampling(int(image_processor.resample)).name.lower()
+        return (crop, crop), (f"{crop}x{crop} RGB ({name}): shorter side resized to {int(crop / crop_pct)} "
+                              f"({resample}), centre crop, mean {list(image_processor.image_mean)}, "
+                              f"std {list(image_processor.image_std)}")
+    height, width = (size["shortest_edge"],) * 2 if size.get("shortest_edge") else (size["height"], size["width"])
+    return (height, width), f"{height}x{width} RGB ({name}, see preprocessor_config.json)"
+
+
+def describe_flops(gflops: float | None, image_size: tuple[int, int], variant: str | None) -> str:
     """The card's FLOPs entry: the honest count, and the paper's figure for comparison where there is one."""
+    height, width = image_size
     counted = ("TO FILL IN: not counted yet (benchmarks/flops.py has not landed)" if gflops is None
-               else f"{gflops:.2f} GFLOPs at {image_size}x{image_size}, clustering included (benchmarks/flops.py)")
+               else f"{gflops:.2f} GFLOPs at {height}x{width}, clustering included (benchmarks/flops.py)")
     if variant in PAPER_GFLOPS:
         counted += (f"; the paper reports {PAPER_GFLOPS[variant]} GFLOPs at 224x224, counting no clustering and only "
                     f"the coarse-scale attention products")
     return counted
 
 
-def render_card(config: ClusTRConfig, *, card_kind: str, repo_id: str, num_parameters: int, gflops: float | None,
-                image_size: int, resize_size: int, dataset: str | None = None, results: list[dict] = (),
+def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_id: str, num_parameters: int,
+                gflops: float | None, dataset: str | None = None, results: list[dict] = (),
                 results_file: str | None = None, eval_samples: int | None = None) -> ModelCard:
     """The model card from model_cards/TEMPLATE.md: metadata plus text; `results` become the model-index."""
     if not TEMPLATE_PATH.is_file():
@@ -115,6 +125,7 @@ def render_card(config: ClusTRConfig, *, card_kind: str, repo_id: str, num_param
                                 f"source repository (install it with pip install -e . from a checkout).")
     variant = variant_of(config)
     model_name = repo_id.split("/")[-1]
+    image_size, input_description = describe_input(image_processor)
     eval_results = [
         EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
                    dataset_name=dataset, dataset_split="validation", metric_type=row["metric_type"],
@@ -137,7 +148,7 @@ def render_card(config: ClusTRConfig, *, card_kind: str, repo_id: str, num_param
         label_examples=", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "") if named else "",
         num_parameters=f"{num_parameters:,}", flops_description=describe_flops(gflops, image_size, variant),
         conversion_variant=variant if variant in PAPER_GFLOPS else "b2",
-        image_size=image_size, resize_size=resize_size, dataset=dataset, dataset_split="validation",
+        input_description=input_description, dataset=dataset, dataset_split="validation",
         results=[dict(row, value=f"{row['value']:.4f} ({100 * row['value']:.2f}%)") for row in results],
         results_file=results_file, eval_samples=eval_samples, transformers_requirement=transformers_requirement(),
     )
@@ -148,8 +159,8 @@ def variant_card(variant: str, gflops: float | None = None) -> ModelCard:
     config = ClusTRConfig.from_variant(variant, num_labels=1000)
     with torch.device("meta"):  # shapes only: counting needs no memory and no initialisation
         num_parameters = sum(parameter.numel() for parameter in ClusTRForImageClassification(config).parameters())
-    return render_card(config, card_kind="variant", repo_id=f"<your-namespace>/clustr-{variant}",
-                       num_parameters=num_parameters, gflops=gflops, image_size=224, resize_size=256,
+    return render_card(config, ClusTRImageProcessor(), card_kind="variant",
+                       repo_id=f"<your-namespace>/clustr-{variant}", num_parameters=num_parameters, gflops=gflops,
                        dataset=RECIPE_DATASET)
 
 
@@ -190,8 +201,8 @@ def load_classifier(source: Path) -> tuple[ClusTRForImageClassification, object]
         raise ValueError(f"The weights in {source} do not fit its config.json: missing "
                          f"{sorted(loading['missing_keys'])}, mismatched {sorted(loading['mismatched_keys'])}.")
     if (source / "preprocessor_config.json").is_file():
-        image_processor = ClusTRImageProcessor.from_pretrained(source)
-    else:
+        image_processor = AutoImageProcessor.from_pretrained(source)
+    else:  # a converted reference checkpoint: the reference's evaluation transform
         image_processor = ClusTRImageProcessor()
     return model.eval(), image_processor
 
@@ -201,10 +212,13 @@ def check_remote_code(folder: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
     processor = json.loads((folder / "preprocessor_config.json").read_text())
     missing = set(REMOTE_CODE_AUTO_MAP) - set(config.get("auto_map", {}))
-    if missing or "AutoImageProcessor" not in processor.get("auto_map", {}):
-        raise RuntimeError(f"save_pretrained wrote no auto_map entry for {sorted(missing) or ['AutoImageProcessor']} "
-                           f"in {folder}; the folder would not load with trust_remote_code.")
-    references = list(config["auto_map"].values()) + list(processor["auto_map"]["AutoImageProcessor"].values())
+    processor_classes = (processor.get("auto_map") or {}).get("AutoImageProcessor", {})
+    if processor["image_processor_type"].startswith("ClusTR") and not processor_classes:
+        missing.add("AutoImageProcessor")
+    if missing:
+        raise RuntimeError(f"save_pretrained wrote no auto_map entry for {sorted(missing)} in {folder}; the folder "
+                           f"would not load with trust_remote_code.")
+    references = list(config["auto_map"].values()) + list(processor_classes.values())
     for reference in references:
         module = reference.split(".")[0]
         if not (folder / f"{module}.py").is_file():
@@ -232,19 +246,14 @@ def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None
     if rows and not dataset:
         raise ValueError(f"{source / results_file} holds measured accuracies; name the dataset they were measured "
                          f"on (e.g. --dataset ILSVRC/imagenet-1k) so that the card can state it.")
-    crop = image_processor.size["shortest_edge"]
     card = render_card(
-        model.config, card_kind="folder", repo_id=repo_id,
-        num_parameters=sum(parameter.numel() for parameter in model.parameters()), gflops=None,
-        image_size=crop, resize_size=int(crop / image_processor.crop_pct), dataset=dataset, results=rows,
+        model.config, image_processor, card_kind="folder", repo_id=repo_id,
+        num_parameters=sum(parameter.numel() for parameter in model.parameters()), gflops=None, dataset=dataset,
+        results=rows,
         results_file=results_file, eval_samples=(results or {}).get("eval_samples"),
     )
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.config.auto_map = dict(REMOTE_CODE_AUTO_MAP)
-    type(model.config).register_for_auto_class("AutoConfig")
-    type(model).register_for_auto_class("AutoModelForImageClassification")
-    type(image_processor).register_for_auto_class("AutoImageProcessor")
-    model.save_pretrained(output_dir)
+    model.save_pretrained(output_dir)  # with the .py files and the complete auto_map (importing clustr_hf registers)
     image_processor.save_pretrained(output_dir)
     card.save(output_dir / "README.md")
     shutil.copyfile(HANDLER_PATH, output_dir / "handler.py")

@@ -22,10 +22,14 @@ import pytest
 import torch
 from conftest import tiny_config
 from huggingface_hub import ModelCard, constants
+from reference_forward import reference_state_dict
+from safetensors.torch import load_file
 from skimage import data
+from transformers import ConvNextImageProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from clustr_hf import VARIANTS, ClusTRForImageClassification, ClusTRImageProcessor
+from clustr_hf import VARIANTS, ClusTRConfig, ClusTRForImageClassification, ClusTRImageProcessor
+from clustr_hf.convert_reference_checkpoint import convert_reference_state_dict
 from clustr_hf.handler import EndpointHandler, decode_image
 from clustr_hf.publishing import (
     HANDLER_PATH,
@@ -94,7 +98,8 @@ def check_card_metadata(card: ModelCard) -> None:
     """What the Hub needs to file the model under transformers / image classification, and nothing invented."""
     metadata = card.data.to_dict()
     assert metadata["library_name"] == "transformers"
-    assert metadata["pipeline_tag"] == "image-classification" and "image-classification" in PIPELINE_REGISTRY.get_supported_tasks()
+    assert metadata["pipeline_tag"] == "image-classification"
+    assert metadata["pipeline_tag"] in PIPELINE_REGISTRY.get_supported_tasks()
     assert metadata["license"] == "apache-2.0"
     assert {"vision", "image-classification", "custom_code"} <= set(metadata["tags"])
     assert metadata["metrics"] == ["accuracy"]
@@ -139,6 +144,30 @@ def test_folder_without_results_gets_no_model_index(trained_folder, tmp_path):
     card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
     assert card.data.eval_results is None and "model-index" not in card.data.to_dict() and card.data.datasets is None
     assert "so this card claims none" in card.text
+
+
+def test_reference_checkpoint_publishes_in_one_step(tmp_path):
+    state = reference_state_dict(ClusTRConfig.from_variant("b0"), num_labels=7)
+    torch.save({"model": state}, tmp_path / "clustr_b0.pth")
+    folder = assemble_hub_folder(tmp_path / "clustr_b0.pth", tmp_path / "hub", repo_id="test-user/clustr-b0",
+                                 variant="b0", dataset="ILSVRC/imagenet-1k")
+    weights = load_file(folder / "model.safetensors")
+    expected = convert_reference_state_dict(state)
+    assert set(weights) == set(expected) and all(torch.equal(weights[name], expected[name]) for name in expected)
+    card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+    assert card.data.datasets == ["ILSVRC/imagenet-1k"] and card.data.eval_results is None
+    assert "| variant | b0 (" in card.text and "| classes | 7 |" in card.text
+    assert json.loads((folder / "preprocessor_config.json").read_text())["size"] == {"shortest_edge": 224}
+
+
+def test_a_folder_with_a_built_in_image_processor_keeps_it(trained_folder, tmp_path):
+    source = shutil.copytree(trained_folder, tmp_path / "convnext", ignore=shutil.ignore_patterns("pre*", "*.py"))
+    ConvNextImageProcessor(size={"shortest_edge": 48}, crop_pct=0.875).save_pretrained(source)
+    folder = assemble_hub_folder(source, tmp_path / "hub", repo_id=REPO_ID, dataset=DATASET)
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "ConvNextImageProcessor" and "auto_map" not in processor
+    assert "| input | 48x48 RGB (ConvNextImageProcessor): shorter side resized to 54 (bicubic)" in (
+        folder / "README.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------------- the folder
@@ -291,7 +320,8 @@ def test_handler_rejects_a_bad_top_k(endpoint_handler):
 # ------------------------------------------------------------------------------------------- errors on assembly
 
 def test_assembly_errors_name_the_problem(trained_folder, tmp_path):
-    no_weights = shutil.copytree(trained_folder, tmp_path / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    no_weights = shutil.copytree(trained_folder, tmp_path / "no_weights",
+                                 ignore=shutil.ignore_patterns("*.safetensors"))
     with pytest.raises(FileNotFoundError, match="has a config.json but no weights"):
         assemble_hub_folder(no_weights, tmp_path / "out1", repo_id=REPO_ID, dataset=DATASET)
     other_model = shutil.copytree(trained_folder, tmp_path / "vit")
