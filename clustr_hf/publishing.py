@@ -7,6 +7,7 @@ the complete auto_map, the model code, image processor, model card, Inference En
 
 import json
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -273,10 +274,12 @@ def upload_hub_folder(folder, repo_id: str, *, private: bool = False, revision: 
     if missing:
         raise FileNotFoundError(f"{folder} is not an assembled Hub folder (missing {', '.join(missing)}); build it "
                                 f"with assemble_hub_folder or examples/push_to_hub.py --dry-run first.")
+    upload_again = shlex.join(["python", "examples/push_to_hub.py", str(folder), "--upload-only", "--repo-id", repo_id]
+                              + ["--private"] * private + ["--revision", revision] * (revision is not None))
     token = token or get_token()
     if not token:
         raise PublishError(f"No Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access), "
-                           f"then rerun. The assembled folder {folder} is ready and unchanged.")
+                           f"then upload the assembled folder, which is ready and unchanged: {upload_again}")
     api = HfApi(token=token)
     step = f"creating the repository {repo_id}"
     try:
@@ -293,7 +296,7 @@ def upload_hub_folder(folder, repo_id: str, *, private: bool = False, revision: 
             causes.append(str(cause))
             cause = cause.__cause__
         raise PublishError(f"Publishing failed while {step}: {' <- '.join(causes)}\nThe assembled folder {folder} is "
-                           f"unchanged; fix the cause and rerun to upload it.") from error
+                           f"unchanged; fix the cause, then upload it again: {upload_again}") from error
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -168,6 +169,14 @@ def test_a_folder_with_a_built_in_image_processor_keeps_it(trained_folder, tmp_p
     assert processor["image_processor_type"] == "ConvNextImageProcessor" and "auto_map" not in processor
     assert "| input | 48x48 RGB (ConvNextImageProcessor): shorter side resized to 54 (bicubic)" in (
         folder / "README.md").read_text()
+
+
+def test_readme_card_excerpt_is_taken_from_the_b2_card():
+    section = (ROOT / "README.md").read_text().split("## Publishing to the Hub", 1)[1]
+    excerpt = re.search(r"```markdown\n(.*?)```", section, re.S).group(1)
+    card = (ROOT / "model_cards" / "clustr-b2.md").read_text()
+    for part in excerpt.split("...\n"):
+        assert part in card, part
 
 
 # --------------------------------------------------------------------------------------------------- the folder
@@ -560,6 +569,10 @@ def test_failed_upload_says_what_failed_and_leaves_the_folder_intact(
     assert f"The assembled folder {hub_folder} is unchanged" in str(error.value)
     assert folder_contents(hub_folder) == before
     assert stand_in_hub.commits == []
+    stand_in_hub.failures.clear()  # the cause is fixed: the command the error names uploads the same folder
+    command = shlex.split(str(error.value).rsplit("python examples/push_to_hub.py ", 1)[1])
+    assert push_to_hub_cli()(command) == 0
+    assert stand_in_hub.repos[REPO_ID]["branches"]["main"] == before
 
 
 def test_no_token_is_a_clear_error_before_any_request(stand_in_hub, hub_folder, monkeypatch):
@@ -578,3 +591,6 @@ def test_dry_run_writes_the_folder_and_sends_nothing(stand_in_hub, trained_folde
     assert f"Wrote the Hub folder {output_dir}" in capsys.readouterr().out
     status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--output-dir", str(output_dir)])
     assert status == 2 and "is not empty" in capsys.readouterr().err
+    status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--upload-only"])
+    assert status == 2 and "is not an assembled Hub folder (missing README.md, handler.py" in capsys.readouterr().err
+    assert stand_in_hub.calls == []
