@@ -30,6 +30,8 @@ HANDLER_PATH = Path(__file__).with_name("handler.py")
 RESULTS_FILES = ("all_results.json", "eval_results.json")
 """Where a trained folder's measured figures are read from (our training script's, then Trainer's name)."""
 RECIPE_DATASET = "ILSVRC/imagenet-1k"
+EVAL_SPLIT = "validation"
+"""The split a trained folder's results were measured on (the training script evaluates on `validation`)."""
 LICENSE = "apache-2.0"
 TAGS = ["vision", "image-classification", "clustr", "custom_code"]
 ARCHITECTURE_FIELDS = (
@@ -129,7 +131,7 @@ def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_i
     image_size, input_description = describe_input(image_processor)
     eval_results = [
         EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
-                   dataset_name=dataset, dataset_split="validation", metric_type=row["metric_type"],
+                   dataset_name=dataset, dataset_split=EVAL_SPLIT, metric_type=row["metric_type"],
                    metric_name=row["name"], metric_value=row["value"])
         for row in results
     ]
@@ -149,7 +151,7 @@ def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_i
         label_examples=", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "") if named else "",
         num_parameters=f"{num_parameters:,}", flops_description=describe_flops(gflops, image_size, variant),
         conversion_variant=variant if variant in PAPER_GFLOPS else "b2",
-        input_description=input_description, dataset=dataset, dataset_split="validation",
+        input_description=input_description, dataset=dataset, dataset_split=EVAL_SPLIT,
         results=[dict(row, value=f"{row['value']:.4f} ({100 * row['value']:.2f}%)") for row in results],
         results_file=results_file, eval_samples=eval_samples, transformers_requirement=transformers_requirement(),
     )
