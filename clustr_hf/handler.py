@@ -59,7 +59,10 @@ class EndpointHandler:
         if not isinstance(data, dict) or "inputs" not in data:
             raise ValueError(f"The request has no 'inputs'; {_ACCEPTED}.")
         image = decode_image(data["inputs"])
-        top_k = (data.get("parameters") or {}).get("top_k", 5)
+        parameters = data.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ValueError(f"'parameters' must be an object such as {{\"top_k\": 3}}, got {parameters!r}.")
+        top_k = parameters.get("top_k", 5)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"parameters.top_k={top_k!r} must be a positive integer.")
         pixel_values = self.image_processor(image, return_tensors="pt").pixel_values

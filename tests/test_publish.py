@@ -321,9 +321,11 @@ def test_handler_rejects_bad_input_with_a_clear_error(endpoint_handler, data, me
     assert "send the image file itself" in str(error.value)
 
 
-def test_handler_rejects_a_bad_top_k(endpoint_handler):
+def test_handler_rejects_bad_parameters(endpoint_handler):
     with pytest.raises(ValueError, match=re.escape("parameters.top_k=0 must be a positive integer")):
         endpoint_handler({"inputs": cat_jpeg(), "parameters": {"top_k": 0}})
+    with pytest.raises(ValueError, match=re.escape("'parameters' must be an object such as {\"top_k\": 3}, got 3")):
+        endpoint_handler({"inputs": cat_jpeg(), "parameters": 3})
 
 
 # ------------------------------------------------------------------------------------------- errors on assembly
