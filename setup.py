@@ -9,6 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=["clustr_hf"],
+    package_data={"clustr_hf": ["model_card_template.md"]},
     python_requires=">=3.11",
     install_requires=[
         "torch>=2.6,<3",

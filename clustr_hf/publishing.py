@@ -25,7 +25,7 @@ from .image_processing_clustr import ClusTRImageProcessor
 from .modeling_clustr import REMOTE_CODE_AUTO_MAP, ClusTRForImageClassification
 
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "TEMPLATE.md"
+TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 HANDLER_PATH = Path(__file__).with_name("handler.py")
 RESULTS_FILES = ("all_results.json", "eval_results.json")
 """Where a trained folder's measured figures are read from (our training script's, then Trainer's name)."""
@@ -122,10 +122,8 @@ def describe_flops(gflops: float | None, image_size: tuple[int, int], variant: s
 def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_id: str, num_parameters: int,
                 gflops: float | None, dataset: str | None = None, results: list[dict] = (),
                 results_file: str | None = None, eval_samples: int | None = None) -> ModelCard:
-    """The model card from model_cards/TEMPLATE.md: metadata plus text; `results` become the model-index."""
-    if not TEMPLATE_PATH.is_file():
-        raise FileNotFoundError(f"The model card template {TEMPLATE_PATH} is missing; it ships with the clustr_hf "
-                                f"source repository (install it with pip install -e . from a checkout).")
+    """The model card from the packaged template (model_cards/TEMPLATE.md links to it): metadata plus text;
+    `results` become the model-index."""
     variant = variant_of(config)
     model_name = repo_id.split("/")[-1]
     image_size, input_description = describe_input(image_processor)
@@ -302,5 +300,5 @@ def upload_hub_folder(folder, repo_id: str, *, private: bool = False, revision: 
 
 
 if __name__ == "__main__":
-    for written in write_variant_cards(sys.argv[1] if len(sys.argv) > 1 else TEMPLATE_PATH.parent):
+    for written in write_variant_cards(sys.argv[1] if len(sys.argv) > 1 else "model_cards"):
         print(f"wrote {written}")
