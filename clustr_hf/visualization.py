@@ -20,9 +20,10 @@ class BlockClusters:
 
     `stage` counts from 1 (as `stage1`..`stage4` and the paper do), `block` from 0 within its stage (as
     `encoder.stages[stage - 1].blocks[block]` and the reference's `block{stage}.{block}`). `grid` is the stage's
-    (height, width) in tokens. Per scale (coarse first), `scale_names[s]` names it and `counts[s]` is its number of
-    clusters. `assignments` (B, scales, height, width) holds each token's cluster; `centres` (B, counts[-1], 2) the
-    (row, col) of the cluster centres, best first: the centre of cluster c of any scale is `centres[:, c]`.
+    (height, width) in tokens. Per scale (in config order: coarse first in every variant), `scale_names[s]` names
+    it and `counts[s]` is its number of clusters. `assignments` (B, scales, height, width) holds each token's
+    cluster; `centres` (B, max(counts), 2) the (row, col) of the cluster centres, best first: the centres of scale s
+    are the first `counts[s]`, and the centre of cluster c of any scale is `centres[:, c]`.
     """
 
     stage: int
@@ -109,12 +110,21 @@ def find_block(maps: list[BlockClusters], stage: int, block: int) -> BlockCluste
     return in_stage[block]
 
 
+_OKLAB_TO_LMS = np.array([
+    [1.0, 0.3963377774, 0.2158037573],
+    [1.0, -0.1055613458, -0.0638541728],
+    [1.0, -0.0894841775, -1.2914855480],
+])
+_LMS_TO_LINEAR_SRGB = np.array([
+    [4.0767416621, -3.3077115913, 0.2309699292],
+    [-1.2684380046, 2.6097574011, -0.3413193965],
+    [-0.0041960863, -0.7034186147, 1.7076147010],
+])
+
+
 def _oklab_to_srgb(lab: np.ndarray) -> np.ndarray:
-    """OKLab (..., 3) to gamma-encoded sRGB in [0, 1] (values outside mean out of gamut)."""
-    lms = lab @ np.array([[1, 1, 1], [0.3963377774, -0.1055613458, -0.0894841775], [0.2158037573, -0.0638541728,
-                                                                                    -1.2914855480]])
-    linear = lms**3 @ np.array([[4.0767416621, -1.2684380046, -0.0041960863], [-3.3077115913, 2.6097574011,
-                                -0.7034186147], [0.2309699292, -0.3413193965, 1.7076147010]])
+    """OKLab (..., 3) to gamma-encoded sRGB, in [0, 1] for colours inside the sRGB gamut (Ottosson's matrices)."""
+    linear = (lab @ _OKLAB_TO_LMS.T) ** 3 @ _LMS_TO_LINEAR_SRGB.T
     magnitude = np.abs(linear)
     encoded = np.where(magnitude <= 0.0031308, 12.92 * magnitude, 1.055 * magnitude ** (1 / 2.4) - 0.055)
     return np.sign(linear) * encoded
@@ -144,7 +154,7 @@ def distinct_colours(count: int) -> tuple[np.ndarray, np.ndarray]:
     rgb, lab = _candidate_colours()
     if not 1 <= count <= len(rgb):
         raise ValueError(f"distinct_colours can give 1 to {len(rgb)} colours, not {count}.")
-    chosen = [int(np.argmax(lab[:, 1]))]  # the reddest candidate, for a fixed start
+    chosen = [int(np.argmax(lab[:, 1]))]  # the most red-magenta candidate (largest a), a fixed start
     nearest = np.linalg.norm(lab - lab[chosen[0]], axis=1)
     for _ in range(count - 1):
         chosen.append(int(np.argmax(nearest)))
@@ -337,7 +347,10 @@ def plot_cluster_grid(image, maps: list[BlockClusters], scales=None, image_index
 
 
 __all__ = [
+    "LEGEND_HEIGHT",
+    "MIN_PANEL_WIDTH",
     "BlockClusters",
+    "centre_pixels",
     "cluster_colours",
     "cluster_maps",
     "cluster_overlay",
@@ -345,4 +358,6 @@ __all__ = [
     "find_block",
     "plot_cluster_grid",
     "plot_cluster_map",
+    "scale_names",
+    "token_pixels",
 ]

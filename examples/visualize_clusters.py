@@ -56,7 +56,10 @@ def load_image(spec: str) -> Image.Image:
     except ImportError:
         raise SystemExit(f"IMAGE {spec!r} is not a file (sample photos by name need scikit-image).") from None
     sample = getattr(data, spec, None) if not spec.startswith("_") else None
-    photo = sample() if callable(sample) else None
+    try:
+        photo = sample() if callable(sample) else None
+    except Exception as error:  # some samples are downloaded on first use
+        raise SystemExit(f"IMAGE {spec!r}: the scikit-image sample could not be loaded ({error}).") from None
     if not isinstance(photo, np.ndarray) or photo.ndim not in (2, 3):
         raise SystemExit(f"IMAGE {spec!r} is neither a file nor a scikit-image sample photo (try astronaut, coffee, "
                          f"chelsea).")
