@@ -5,8 +5,10 @@
         --out clusters.png
 
 IMAGE is an image file or the name of a scikit-image sample photo (astronaut, coffee, chelsea, ...). --model is a
-folder written by save_pretrained (preprocessed with its image processor if it has a preprocessor_config.json,
-else resized and normalised with ImageNet statistics) or a variant name (b0..b3) for an untrained model.
+folder written by save_pretrained or a variant name (b0..b3) for an untrained model. A folder with a
+preprocessor_config.json is preprocessed by its image processor (with --size: resized to that shorter side first,
+then rescaled and normalised by it); otherwise the image is resized (--size, default 224) and normalised with
+ImageNet statistics.
 Writes OUT (the chosen block) and, by default, OUT with "_grid" added (all clustered blocks).
 Needs matplotlib: pip install clustr_hf[viz].
 """
@@ -28,6 +30,7 @@ from clustr_hf.visualization import cluster_maps, find_block, plot_cluster_grid,
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_SIZE = 224
 
 
 def load_model(spec: str):
@@ -66,14 +69,18 @@ def load_image(spec: str) -> Image.Image:
     return Image.fromarray(photo).convert("RGB")
 
 
-def preprocess(image: Image.Image, processor, size: int) -> torch.Tensor:
-    """pixel_values (1, 3, H, W): the processor's, or the image with its shorter side resized to `size` (keeping its
-    aspect ratio) and normalised with ImageNet statistics."""
-    if processor is not None:
+def preprocess(image: Image.Image, processor, size: int | None) -> torch.Tensor:
+    """pixel_values (1, 3, H, W). Given `size`, the image's shorter side is resized to it (bicubic, aspect ratio
+    kept), then rescaled and normalised by the processor, or with ImageNet statistics without one. Without `size`
+    the processor transforms the image as in training (its own resize and crop); without either, `size` is 224."""
+    if processor is not None and size is None:
         return processor(images=image, return_tensors="pt")["pixel_values"]
-    scale = size / min(image.size)
-    width, height = (max(1, round(side * scale)) for side in image.size)
-    pixels = torch.from_numpy(np.array(image.resize((width, height), Image.Resampling.BICUBIC))).float() / 255
+    scale = (size or DEFAULT_SIZE) / min(image.size)
+    resized = image.resize([max(1, round(side * scale)) for side in image.size], Image.Resampling.BICUBIC)
+    if processor is not None:
+        no_crop = {"do_center_crop": False} if getattr(processor, "do_center_crop", None) else {}
+        return processor(images=resized, do_resize=False, return_tensors="pt", **no_crop)["pixel_values"]
+    pixels = torch.from_numpy(np.array(resized)).float() / 255
     return ((pixels - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)).permute(2, 0, 1)[None]
 
 
@@ -108,13 +115,13 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", choices=("coarse", "fine", "both"), default="both")
     parser.add_argument("--out", type=Path, required=True, help="PNG for the chosen block")
     parser.add_argument("--grid-out", type=Path, help="PNG for all clustered blocks (default: OUT with _grid)")
-    parser.add_argument("--size", type=int, default=224, help="shorter image side fed to the model without a "
-                        "processor (default 224)")
+    parser.add_argument("--size", type=int, help="shorter image side fed to the model (default: the model's image "
+                        f"processor's own transform, else {DEFAULT_SIZE})")
     parser.add_argument("--zoom", type=int, default=2, help="drawn pixels per input pixel (default 2)")
     parser.add_argument("--opacity", type=float, default=0.6, help="opacity of the cluster colours (default 0.6)")
     parser.add_argument("--compact", action="store_true", help="write 256-colour PNGs (smaller files)")
     args = parser.parse_args(argv)
-    if args.size < 1 or args.zoom < 1:
+    if (args.size is not None and args.size < 1) or args.zoom < 1:
         parser.error("--size and --zoom must be positive.")
 
     model, processor, note = load_model(args.model)

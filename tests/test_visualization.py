@@ -226,10 +226,13 @@ def test_script_uses_the_folders_image_processor(script, classifier, tmp_path):
     script.main(["astronaut", "--model", str(folder), "--scale", "coarse", "--zoom", "3", "--out", str(out)])
     assert _png(out).shape == (40 * 3 + LEGEND_HEIGHT, MIN_PANEL_WIDTH, 3)
     model, processor, _ = script.load_model(str(folder))
-    pixel_values = script.preprocess(script.load_image("astronaut"), processor, 224)
+    pixel_values = script.preprocess(script.load_image("astronaut"), processor, None)  # the processor's 40 x 56
     image = script.display_image(pixel_values, processor, zoom=1)
     plain = np.asarray(script.load_image("astronaut").resize((56, 40), Image.Resampling.BILINEAR)).astype(int)
     assert np.abs(image.astype(int) - plain).mean() < 8  # the normalisation was undone
+    resized = script.preprocess(script.load_image("astronaut"), processor, 48)  # 512 x 512: now 48 x 48, no crop
+    expected = np.asarray(script.load_image("astronaut").resize((48, 48), Image.Resampling.BICUBIC)) / 255
+    assert torch.allclose(resized[0], torch.from_numpy((expected - 0.5) / 0.5).permute(2, 0, 1).float(), atol=1e-5)
 
 
 def test_script_variant_is_labelled_untrained(script):
