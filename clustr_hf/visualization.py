@@ -42,7 +42,7 @@ class BlockClusters:
 
 
 def scale_names(cluster_scales) -> tuple[str, ...]:
-    """Names of the cluster scales in config order: the fewest clusters "coarse", the most "fine", others by position."""
+    """Names of the cluster scales in config order: fewest clusters "coarse", most "fine", others by position."""
     order = sorted(range(len(cluster_scales)), key=lambda index: (cluster_scales[index], index))
     names = [f"scale {index}" for index in range(len(cluster_scales))]
     names[order[-1]] = "fine"

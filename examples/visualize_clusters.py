@@ -38,11 +38,12 @@ def load_model(spec: str):
     folder = Path(spec)
     if folder.is_dir():
         if not (folder / "config.json").is_file():
-            raise SystemExit(f"--model {spec}: the folder has no config.json; give a folder written by save_pretrained.")
+            raise SystemExit(f"--model {spec}: the folder has no config.json; give one written by save_pretrained.")
         architectures = AutoConfig.from_pretrained(folder).architectures or []
         model_class = next((getattr(clustr_hf, name) for name in architectures if hasattr(clustr_hf, name)), AutoModel)
         model = model_class.from_pretrained(folder)
-        processor = AutoImageProcessor.from_pretrained(folder) if (folder / "preprocessor_config.json").is_file() else None
+        has_processor = (folder / "preprocessor_config.json").is_file()
+        processor = AutoImageProcessor.from_pretrained(folder) if has_processor else None
         return model, processor, f"model {folder.resolve().name}"
     if spec in VARIANTS:
         torch.manual_seed(0)

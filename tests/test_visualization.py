@@ -250,3 +250,8 @@ def test_script_variant_is_labelled_untrained(script):
 def test_script_errors_name_the_problem(script, tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message):
         script.main(argv + ["--out", str(tmp_path / "out.png")])
+
+
+def test_script_rejects_a_folder_without_config(script, tmp_path):
+    with pytest.raises(SystemExit, match="has no config.json"):
+        script.main(["astronaut", "--model", str(tmp_path), "--out", str(tmp_path / "out.png")])
