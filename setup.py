@@ -22,7 +22,8 @@ setup(
         "huggingface_hub>=1.31,<3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24", "matplotlib>=3.8"],
+        "dev": ["pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24", "matplotlib>=3.8", "tensorboard>=2.14"],
+        "train": ["scikit-learn>=1.5", "tensorboard>=2.14"],
         "viz": ["matplotlib>=3.8"],
     },
     classifiers=[

@@ -21,18 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    ConvNextImageProcessor,
-    HfArgumentParser,
-)
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 from transformers.trainer_pt_utils import get_parameter_names
 from transformers.utils import logging
 
 from .configuration_clustr import VARIANTS, ClusTRConfig
+from .image_processing_clustr import ClusTRImageProcessor
 from .modeling_clustr import ClusTRForImageClassification
 
 
@@ -216,7 +210,10 @@ def load_digits_dataset() -> datasets.DatasetDict:
 
 @functools.cache
 def _digits_splits() -> tuple[datasets.Dataset, datasets.Dataset]:
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError("The digits dataset comes with scikit-learn: pip install scikit-learn") from error
 
     digits = load_digits()
     images = (digits.images * (255 / 16)).round().astype(np.uint8)
@@ -342,13 +339,10 @@ def class_names(dataset: datasets.DatasetDict, label_column: str) -> list[str]:
 # Model and image processor
 
 
-def default_image_processor(image_size: int):
+def default_image_processor(image_size: int) -> ClusTRImageProcessor:
     """The evaluation transform of ALGORITHM.md section 6 at `image_size`: shorter side to image_size / 0.875
     (bicubic), centre crop, rescale, ImageNet mean and std."""
-    return ConvNextImageProcessor(
-        size={"shortest_edge": image_size}, crop_pct=0.875, resample=PILImageResampling.BICUBIC,
-        image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD,
-    )
+    return ClusTRImageProcessor(size={"shortest_edge": image_size})
 
 
 def image_size_of(image_processor) -> tuple[int, int]:
