@@ -608,7 +608,8 @@ def top_k_predictions(logits: torch.Tensor, k: int = 5) -> torch.Tensor:
 
 
 CHECKPOINT_STATE_FILE = "training_state.json"
-_CHECKPOINT_NAME = re.compile(r"^step_(\d+)$")
+TRAINER_CHECKPOINTS = ("checkpoint-", "trainer_state.json")
+"""Name prefix and completion marker of Trainer's checkpoints (Trainer writes trainer_state.json last)."""
 
 
 class CheckpointError(RuntimeError):
@@ -621,17 +622,31 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return hashlib.sha256(description.encode()).hexdigest()[:16]
 
 
-def list_checkpoints(checkpoints_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """The complete checkpoints `(step, folder)` in `checkpoints_dir`, oldest first (partial writes are ignored)."""
+def list_checkpoints(checkpoints_dir: str | os.PathLike, prefix: str = "step_",
+                     marker: str = CHECKPOINT_STATE_FILE) -> list[tuple[int, Path]]:
+    """The complete checkpoints `(step, folder)` in `checkpoints_dir`, oldest first: folders named `prefix` + step
+    that hold `marker`, the file written last (partial writes are ignored)."""
     directory = Path(checkpoints_dir)
     if not directory.is_dir():
         return []
+    name = re.compile(rf"^{re.escape(prefix)}(\d+)$")
     found = []
     for child in directory.iterdir():
-        match = _CHECKPOINT_NAME.match(child.name)
-        if match and (child / CHECKPOINT_STATE_FILE).is_file():
+        match = name.match(child.name)
+        if match and (child / marker).is_file():
             found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def refuse_to_overwrite(checkpoints: list[tuple[int, Path]], start_step: int) -> None:
+    """Raise if a run starting at `start_step` would later write over one of `checkpoints`."""
+    later = [str(path) for step, path in checkpoints if step > start_step]
+    if later:
+        raise CheckpointError(
+            f"The output folder already holds checkpoints after step {start_step} ({', '.join(later)}) that this run "
+            f"would overwrite; resume from the latest with --resume_from_checkpoint latest, or use another "
+            f"--output_dir."
+        )
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -666,32 +681,34 @@ def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, 
     return final
 
 
-def resolve_checkpoint(name: str, checkpoints_dir: str | os.PathLike) -> Path:
-    """The checkpoint folder meant by `--resume_from_checkpoint`: a path, or 'latest' in `checkpoints_dir`."""
+def resolve_checkpoint(name: str, checkpoints_dir: str | os.PathLike, prefix: str = "step_",
+                       marker: str = CHECKPOINT_STATE_FILE) -> Path:
+    """The checkpoint folder meant by `--resume_from_checkpoint`: a path, or 'latest' (the newest complete one in
+    `checkpoints_dir`)."""
     if name == "latest":
-        found = list_checkpoints(checkpoints_dir)
+        found = list_checkpoints(checkpoints_dir, prefix, marker)
         if not found:
             raise CheckpointError(f"No complete checkpoint in {checkpoints_dir} to resume from; start without "
                                   f"--resume_from_checkpoint, or give a checkpoint folder.")
         return found[-1][1]
-    return Path(name)
+    folder = Path(name)
+    if not (folder / marker).is_file():
+        others = ", ".join(str(path) for _, path in list_checkpoints(folder.parent, prefix, marker)) or "none"
+        problem = "does not exist" if not folder.is_dir() else f"is not a complete checkpoint (no {marker})"
+        raise CheckpointError(f"Checkpoint {folder} {problem}; complete checkpoints beside it: {others}.")
+    return folder
 
 
 def load_checkpoint(accelerator, folder: str | os.PathLike, signature: dict) -> dict:
-    """Restore a checkpoint written by `save_checkpoint` into the prepared objects and RNGs; returns its state.
+    """Restore a complete checkpoint (see `resolve_checkpoint`) written by `save_checkpoint` into the prepared
+    objects and RNGs; returns its state.
 
-    Raises `CheckpointError` naming the problem and the fix when the folder is missing or incomplete, its state
-    differs from `signature` (the run settings that must match for an exact resume), or its files do not load.
+    Raises `CheckpointError` naming the problem and the fix when its state differs from `signature` (the run settings
+    that must match for an exact resume), or its files do not load.
     """
     folder = Path(folder)
     others = ", ".join(str(path) for _, path in list_checkpoints(folder.parent) if path != folder) or "none"
-    if not folder.is_dir():
-        raise CheckpointError(f"Checkpoint {folder} does not exist; checkpoints available: {others}.")
     state_file = folder / CHECKPOINT_STATE_FILE
-    if not state_file.is_file():
-        raise CheckpointError(
-            f"{folder} is not a complete checkpoint (no {CHECKPOINT_STATE_FILE}); resume from another one: {others}."
-        )
     try:
         state = json.loads(state_file.read_text())
         recorded = state["run"]

@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
 
     classifier = pipeline("image-classification", model=args.output_dir)
     held_out = load_digits_dataset()["validation"].select(range(args.num_examples))
-    predictions = classifier([example["image"].convert("RGB") for example in held_out], top_k=1)
+    predictions = classifier([example["image"] for example in held_out], top_k=1)  # 8x8 greyscale PIL images
     print("\nHeld-out digits through pipeline('image-classification'):")
     for example, prediction in zip(held_out, predictions):
         print(f"  true {example['label']}  predicted {prediction[0]['label']}  (score {prediction[0]['score']:.3f})")

@@ -8,6 +8,7 @@ data, model and recipe flags shared with the accelerate script; `--recipe imagen
         --ignore_mismatched_sizes --output_dir outputs/fashion --num_train_epochs 3 --eval_strategy epoch
 """
 
+import json
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from transformers.trainer_utils import SaveStrategy
 
 from clustr_hf import VARIANTS
 from clustr_hf.training_utils import (
+    TRAINER_CHECKPOINTS,
     DataArguments,
     EpochSampler,
     ImageCollator,
@@ -27,10 +29,13 @@ from clustr_hf.training_utils import (
     build_datasets,
     class_names,
     classification_loss,
+    list_checkpoints,
     load_image_dataset,
     load_model_and_image_processor,
     load_top_k_accuracy,
     parse_arguments,
+    refuse_to_overwrite,
+    resolve_checkpoint,
     scaled_learning_rate,
     scheduler_kwargs,
     top_k_predictions,
@@ -126,8 +131,12 @@ def main(argv=None) -> dict:
     )
     metrics = {}
     if training_args.do_train:
-        resume = training_args.resume_from_checkpoint
-        result = trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
+        resume, start_step = training_args.resume_from_checkpoint, 0
+        if resume is not None:
+            resume = resolve_checkpoint(resume, training_args.output_dir, *TRAINER_CHECKPOINTS)
+            start_step = json.loads((resume / TRAINER_CHECKPOINTS[1]).read_text())["global_step"]
+        refuse_to_overwrite(list_checkpoints(training_args.output_dir, *TRAINER_CHECKPOINTS), start_step)
+        result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
 from clustr_hf.training_utils import (
-    CheckpointError,
     DataArguments,
     EpochSampler,
     ImageCollator,
@@ -42,6 +41,7 @@ from clustr_hf.training_utils import (
     model_fingerprint,
     optimizer_parameter_groups,
     parse_arguments,
+    refuse_to_overwrite,
     resolve_checkpoint,
     save_checkpoint,
     scaled_learning_rate,
@@ -204,13 +204,7 @@ def main(argv=None) -> dict:
         state = load_checkpoint(accelerator, folder, signature)
         global_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
         logger.info(f"Resumed from {folder}: step {global_step}, epoch {start_epoch}, batch {skip_batches}")
-    later = [str(path) for step, path in list_checkpoints(checkpoints_dir) if step > global_step]
-    if later:
-        raise CheckpointError(
-            f"{checkpoints_dir} already holds checkpoints after step {global_step} ({', '.join(later)}) that this run "
-            f"would overwrite; resume from the latest with --resume_from_checkpoint latest, or use another "
-            f"--output_dir."
-        )
+    refuse_to_overwrite(list_checkpoints(checkpoints_dir), global_step)
     log_path = output_dir / "train_log.jsonl"
     if accelerator.is_main_process and log_path.exists():
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= global_step]

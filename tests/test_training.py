@@ -299,7 +299,7 @@ def test_trainer_script_trains_with_the_recipe_pieces(tmp_path, tiny_model_dir):
     from run_image_classification import main
 
     output = tmp_path / "trainer"
-    metrics = main([
+    flags = [
         "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(output), "--do_train", "--do_eval",
         "--max_train_samples", "32", "--max_eval_samples", "16", "--max_steps", "4", "--per_device_train_batch_size",
         "4", "--gradient_accumulation_steps", "2", "--learning_rate", "2e-3", "--lr_base_batch_size", "4",
@@ -308,7 +308,8 @@ def test_trainer_script_trains_with_the_recipe_pieces(tmp_path, tiny_model_dir):
         "1.0", "--label_smoothing", "0.1", "--rand_augment_magnitude", "9", "--repeated_augmentations", "2",
         "--checkpointing_steps", "2", "--logging_steps", "1", "--report_to", "none", "--dataloader_pin_memory",
         "false", "--use_cpu",
-    ])
+    ]
+    metrics = main(flags)
     assert 0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == 4
@@ -318,8 +319,16 @@ def test_trainer_script_trains_with_the_recipe_pieces(tmp_path, tiny_model_dir):
     # 4 optimizer steps per epoch, so 2 warm-up steps from 1e-6 up to 2e-3 x total batch 8 / base 4
     rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
     assert rates[:2] == [pytest.approx(1e-6), pytest.approx(4e-3)]
-    assert (output / "checkpoint-2" / "model.safetensors").is_file()
     assert (output / "model.safetensors").is_file() and (output / "preprocessor_config.json").is_file()
+
+    with pytest.raises(CheckpointError, match="checkpoint-2, .*checkpoint-4.* would overwrite"):
+        main(flags)
+    # a checkpoint without trainer_state.json (Trainer writes it last) is a partial write: 'latest' skips it
+    (output / "checkpoint-4" / "trainer_state.json").unlink()
+    main([*flags, "--resume_from_checkpoint", "latest"])
+    resumed = json.loads((output / "trainer_state.json").read_text())
+    assert resumed["global_step"] == 4
+    assert [entry["step"] for entry in resumed["log_history"] if "loss" in entry] == [1, 2, 3, 4]
 
 
 def _checkpoint_run_flags(model_dir, output, *extra):
@@ -381,6 +390,6 @@ def test_bad_checkpoints_fail_clearly_and_nothing_is_overwritten(tmp_path, tiny_
     with pytest.raises(CheckpointError, match="(?s)step_4 is corrupt.*step_2"):
         main([*flags, "--resume_from_checkpoint", "latest"])
     (checkpoints / "step_6.partial").mkdir()
-    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
+    with pytest.raises(CheckpointError, match="step_6.partial is not a complete checkpoint.*step_2.*step_4"):
         main([*flags, "--resume_from_checkpoint", str(checkpoints / "step_6.partial")])
     assert _digests(output) == before  # the failed resumes wrote nothing
