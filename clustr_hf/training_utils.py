@@ -74,6 +74,11 @@ class ModelArguments:
         metadata={"help": "A model folder or Hub id to fine-tune, or a ClusTR variant name (b0, b1, b2, b3) to "
                           "train from scratch."},
     )
+    config_name: str | None = field(
+        default=None,
+        metadata={"help": "A folder holding the config.json of any image classifier (e.g. a saved PvtV2Config) to "
+                          "train from scratch, instead of --model_name_or_path."},
+    )
     image_processor_name: str | None = field(
         default=None, metadata={"help": "Folder or Hub id of the image processor, if not the model's."}
     )
@@ -368,12 +373,17 @@ def resize_image_processor(image_processor, image_size: int):
 
 
 def load_model_and_image_processor(args: ModelArguments, labels: list[str], drop_path_rate: float | None = None):
-    """The classifier for `labels` and its image processor: a ClusTR variant from scratch when `model_name_or_path`
-    names one (and is not a folder), otherwise a pretrained model from a folder or the Hub."""
+    """The classifier for `labels` and its image processor: a new model from `config_name`'s configuration, or a
+    ClusTR variant from scratch when `model_name_or_path` names one (and is not a folder), otherwise a pretrained model
+    from a folder or the Hub. New models get the default image processor."""
     id2label = dict(enumerate(labels))
     label2id = {label: index for index, label in id2label.items()}
     overrides = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
-    if args.model_name_or_path in VARIANTS and not os.path.isdir(args.model_name_or_path):
+    if args.config_name is not None:
+        config = AutoConfig.from_pretrained(args.config_name, id2label=id2label, label2id=label2id, **overrides)
+        model = AutoModelForImageClassification.from_config(config)
+        image_processor = default_image_processor(args.image_size or 224)
+    elif args.model_name_or_path in VARIANTS and not os.path.isdir(args.model_name_or_path):
         config = ClusTRConfig.from_variant(args.model_name_or_path, id2label=id2label, label2id=label2id, **overrides)
         model = ClusTRForImageClassification(config)
         image_processor = default_image_processor(args.image_size or 224)
