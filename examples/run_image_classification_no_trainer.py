@@ -13,6 +13,7 @@ section 6. Examples (README.md, section Training, has more):
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -237,6 +238,7 @@ def main(argv=None) -> dict:
             accelerator.skip_first_batches(train_dataloader, batches_in_epoch) if batches_in_epoch
             else train_dataloader
         )
+        epoch_start, epoch_cpu_start, epoch_samples = time.perf_counter(), time.process_time(), 0
         for batch in epoch_dataloader:
             with accelerator.accumulate(model):
                 logits = model(pixel_values=batch["pixel_values"]).logits
@@ -247,6 +249,7 @@ def main(argv=None) -> dict:
                 optimizer.step()
                 optimizer.zero_grad()
             batches_in_epoch += 1
+            epoch_samples += len(batch["labels"])
             running += torch.stack([loss.detach().float(), torch.ones((), device=loss.device)])
             if not accelerator.sync_gradients:
                 continue
@@ -266,21 +269,34 @@ def main(argv=None) -> dict:
                     accelerator.log({"train/loss": entry["loss"], "train/learning_rate": entry["learning_rate"]},
                                     step=global_step)
             epoch_done = batches_in_epoch == len(train_dataloader)
-            if isinstance(every, int) and global_step % every == 0 or every == "epoch" and epoch_done:
-                position = (epoch + 1, 0) if epoch_done else (epoch, batches_in_epoch)
+            if isinstance(every, int) and global_step % every == 0 and not epoch_done:
                 save_checkpoint(accelerator, checkpoints_dir, global_step, {
-                    "step": global_step, "epoch": position[0], "batches_in_epoch": position[1], "run": signature,
+                    "step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "run": signature,
                 })
             if global_step >= max_train_steps:
                 break
+        samples, cpu_time = accelerator.reduce(
+            torch.tensor([epoch_samples, time.process_time() - epoch_cpu_start], dtype=torch.float64,
+                         device=accelerator.device),
+            reduction="sum",
+        ).tolist()
+        timing = {"train_runtime": time.perf_counter() - epoch_start, "train_cpu_time": cpu_time,
+                  "train_samples": int(samples)}
 
         results = evaluate_model(accelerator, model, eval_dataloader, metric)
         logger.info(f"epoch {epoch}: " + ", ".join(f"{name} {value:.4f}" for name, value in results.items()))
         if accelerator.is_main_process:
-            append_log(log_path, {"step": global_step, "epoch": epoch, **results})
+            append_log(log_path, {"step": global_step, "epoch": epoch, **results, **timing})
         if loop_args.with_tracking:
             accelerator.log({name.replace("eval_", "eval/"): value for name, value in results.items()},
                             step=global_step)
+        # a checkpoint at the end of an epoch comes after its evaluation, so that a resumed run lacks none
+        if batches_in_epoch == len(train_dataloader) and (
+            every == "epoch" or isinstance(every, int) and global_step % every == 0
+        ):
+            save_checkpoint(accelerator, checkpoints_dir, global_step, {
+                "step": global_step, "epoch": epoch + 1, "batches_in_epoch": 0, "run": signature,
+            })
         if global_step >= max_train_steps:
             break
     progress.close()
