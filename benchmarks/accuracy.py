@@ -376,6 +376,7 @@ def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (accuracy_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = ["-", "--", ":", "-."]
@@ -390,6 +391,7 @@ def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
     loss_axis.set(xlabel="epoch", ylabel="training loss (label smoothing 0.1)", title="Training loss")
     for axis in (accuracy_axis, loss_axis):
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
