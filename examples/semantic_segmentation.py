@@ -53,11 +53,7 @@ class PhotoSegmentationSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, names, size, processor: ClusTRImageProcessor, samples_per_photo: int = 0):
-        self.photos = [
-            (tv_tensors.Image(torch.from_numpy(rgb_photo(name)).permute(2, 0, 1)),
-             tv_tensors.Mask(torch.from_numpy(brightness_labels(rgb_photo(name)))))
-            for name in names
-        ]
+        self.photos = [self.image_and_labels(rgb_photo(name)) for name in names]
         self.processor, self.samples_per_photo = processor, samples_per_photo
         height, width = size
         if samples_per_photo:
@@ -68,6 +64,12 @@ class PhotoSegmentationSet(torch.utils.data.Dataset):
             ])
         else:
             self.transform = v2.Resize(size, antialias=True)
+
+    @staticmethod
+    def image_and_labels(photo: np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        """A (H, W, 3) uint8 photo as a torchvision image and its label map as a mask, to transform together."""
+        return (tv_tensors.Image(torch.from_numpy(photo).permute(2, 0, 1)),
+                tv_tensors.Mask(torch.from_numpy(brightness_labels(photo))))
 
     def __len__(self):
         return len(self.photos) * max(self.samples_per_photo, 1)
