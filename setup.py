@@ -22,9 +22,13 @@ setup(
         "huggingface_hub>=1.31,<3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24", "matplotlib>=3.8", "tensorboard>=2.14"],
+        "dev": [
+            "pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24", "matplotlib>=3.8", "tensorboard>=2.14",
+            "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
+        ],
         "train": ["scikit-learn>=1.5", "tensorboard>=2.14"],
         "viz": ["matplotlib>=3.8"],
+        "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

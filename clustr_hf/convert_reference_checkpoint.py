@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .configuration_clustr import VARIANTS, ClusTRConfig
+from .image_processing_clustr import ClusTRImageProcessor
 from .modeling_clustr import ClusTRForImageClassification, ClusTRModel
 
 
@@ -120,7 +121,8 @@ def load_reference_checkpoint(path) -> dict:
 
 
 def convert_checkpoint(checkpoint_path, output_dir, variant: str | None = None):
-    """Convert a reference checkpoint file into a folder with config.json and model.safetensors; returns the model."""
+    """Convert a reference checkpoint file into a Hub-ready folder (config.json, model.safetensors, the remote code
+    and the reference's 224x224 evaluation transform as preprocessor_config.json); returns the model."""
     state_dict = load_reference_checkpoint(checkpoint_path)
     converted = convert_reference_state_dict(state_dict)
     config = infer_config(state_dict, variant)
@@ -131,6 +133,7 @@ def convert_checkpoint(checkpoint_path, output_dir, variant: str | None = None):
         raise ValueError(f"The converted checkpoint does not fit {model_class.__name__}: "
                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}.")
     model.save_pretrained(output_dir)
+    ClusTRImageProcessor().save_pretrained(output_dir)
     return model
 
 

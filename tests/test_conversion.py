@@ -81,7 +81,9 @@ def test_command_line_writes_a_loadable_folder(tmp_path, b0_reference):
         capture_output=True, text=True, check=True,
     )
     assert "ClusTRForImageClassification" in result.stdout
-    assert sorted(p.name for p in output_dir.iterdir()) == ["config.json", "model.safetensors"]
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_clustr.py"} <= {
+        p.name for p in output_dir.iterdir()
+    }
     loaded = ClusTRForImageClassification.from_pretrained(output_dir).eval()
     pixel_values = photo_batch(size=(40, 40), names=("chelsea",))
     with torch.no_grad():

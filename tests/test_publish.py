@@ -9,9 +9,6 @@ import json
 import re
 import shlex
 import shutil
-import subprocess
-import sys
-import sysconfig
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +18,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import run_without_clustr_hf, tiny_config
 from huggingface_hub import ModelCard, constants
 from reference_forward import reference_state_dict
 from safetensors.torch import load_file
@@ -204,17 +201,9 @@ def test_assembled_folder_holds_weights_config_code_card_and_handler(hub_folder,
     assert re.fullmatch(r"transformers>=5\.\d+,<6\n", (hub_folder / "requirements.txt").read_text())
 
 
-# Runs in a fresh interpreter: -I ignores PYTHONPATH, the user site and the working directory, -S skips site-packages'
-# .pth files (among them clustr_hf's editable install); only the bare site-packages folder is put back.
+# Runs through conftest.run_without_clustr_hf, which puts site-packages back as sys.argv[1].
 FRESH_PROCESS = r"""
 import importlib.util, re, sys
-sys.path.append(sys.argv[1])
-try:
-    import clustr_hf
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit(f"clustr_hf is importable from {clustr_hf.__file__}; the test would not test remote code")
 import PIL.Image
 import torch
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModelForImageClassification
@@ -258,12 +247,7 @@ def test_assembled_folder_loads_as_remote_code_in_a_fresh_process_without_clustr
     elsewhere = shutil.copytree(hub_folder, tmp_path / "elsewhere" / "downloaded")
     (tmp_path / "cat.jpg").write_bytes(cat_jpeg())
     results_path = tmp_path / "results.pt"
-    site_packages = sysconfig.get_paths()["purelib"]
-    environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"}
-    completed = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", FRESH_PROCESS, site_packages, str(elsewhere), REPO_ID, str(results_path)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600,
-    )
+    completed = run_without_clustr_hf(FRESH_PROCESS, str(elsewhere), REPO_ID, str(results_path), cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = torch.load(results_path, weights_only=False)
 

@@ -4,15 +4,12 @@ clustr_hf, and through the classes that importing clustr_hf registers."""
 import json
 import re
 import shutil
-import subprocess
-import sys
-import sysconfig
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import run_without_clustr_hf, tiny_config
 from skimage import data
 from transformers import (
     AutoConfig,
@@ -40,17 +37,8 @@ AUTO_MAP = {
 }
 CODE_FILES = {"configuration_clustr.py", "modeling_clustr.py", "clustering.py", "image_processing_clustr.py"}
 
-# Runs in a fresh interpreter: -I ignores PYTHONPATH, the user site and the working directory, -S skips site-packages'
-# .pth files (among them clustr_hf's editable install); only the bare site-packages folder is put back.
+# Runs through conftest.run_without_clustr_hf, which puts site-packages back as sys.argv[1].
 FRESH_PROCESS = r"""
-import sys
-sys.path.append(sys.argv[1])
-try:
-    import clustr_hf
-except ModuleNotFoundError:
-    pass
-else:
-    raise SystemExit(f"clustr_hf is importable from {clustr_hf.__file__}; the test would not test remote code")
 import PIL.Image
 import torch
 from skimage import data
@@ -118,12 +106,7 @@ def test_saved_folder_loads_as_remote_code_in_a_fresh_process_without_clustr_hf(
     elsewhere = shutil.copytree(folder, tmp_path / "elsewhere" / "clustr-copy")
     assert {path.name for path in elsewhere.glob("*.py")} == CODE_FILES
     results_file = tmp_path / "results.pt"
-    site_packages = sysconfig.get_paths()["purelib"]
-    environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"}
-    completed = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", FRESH_PROCESS, site_packages, str(elsewhere), str(results_file)],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300,
-    )
+    completed = run_without_clustr_hf(FRESH_PROCESS, str(elsewhere), str(results_file), cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = torch.load(results_file, weights_only=False)
 
