@@ -336,4 +336,93 @@ def cluster_tokens(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size:
     return density_peaks(tokens, cluster_counts, k, chunk_size).assignments
 
 
-__all__ = ["DensityPeaks", "cluster_counts", "cluster_tokens", "density_peaks"]
+# ----------------------------------------------------------------------------------------------------------------------
+# Pooled mode (issue 9): DPC-kNN on an average-pooled token grid, every token then joining its nearest centre.
+
+
+def capped_cluster_counts(num_tokens: int, reduction_ratio: int, scales, max_clusters: int) -> tuple[int, ...]:
+    """`cluster_counts` with the coarse count capped at `max_clusters` (scale s at most `s * max_clusters`), so that
+    the keys per query stay bounded at any resolution, as PVTv2-li's fixed pooled grid does."""
+    counts = cluster_counts(num_tokens, reduction_ratio, scales)
+    return tuple(min(count, scale * max_clusters) for count, scale in zip(counts, scales))
+
+
+def pooled_grid(height: int, width: int, num_pooled: int) -> tuple[int, int]:
+    """The (h, w) grid with the aspect ratio of (height, width) and at least `num_pooled` cells, no larger than it."""
+    shrink = min(1.0, math.sqrt(num_pooled / (height * width)))
+    return min(height, math.ceil(height * shrink)), min(width, math.ceil(width * shrink))
+
+
+def cell_middles(height: int, width: int, grid, device) -> torch.Tensor:
+    """Token index (h * w,) of the middle token of each cell of `adaptive_avg_pool2d`'s (h, w) grid over the token
+    grid; distinct cells have distinct middles."""
+    rows = ((torch.arange(grid[0], device=device) * 2 + 1) * height) // (2 * grid[0])
+    columns = ((torch.arange(grid[1], device=device) * 2 + 1) * width) // (2 * grid[1])
+    return (rows[:, None] * width + columns[None, :]).flatten()
+
+
+def dense_density_peaks(tokens, num_centres: int, k: int):
+    """The `num_centres` DPC-kNN centres (B, num_centres) of a small token set (B, P, C), best first (3 steps 1-4, ties
+    as in 3.3), from the full P x P matrix of float32 squared distances (`gemm_operands`)."""
+    num_tokens, num_channels = tokens.shape[1:]
+    operands = gemm_operands(tokens, torch.float32)
+    distances = torch.bmm(operands.rows, operands.columns.transpose(1, 2)).clamp_min_(0)
+    distances.diagonal(dim1=1, dim2=2).zero_()
+    nearest = distances.topk(min(k, num_tokens), dim=-1, largest=False).values
+    density = torch.exp(-nearest.mean(-1) / num_channels)
+    order = torch.sort(density, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_tokens, device=tokens.device).expand_as(order))
+    not_denser = rank[:, None, :] >= rank[:, :, None]
+    denser_distance = distances.masked_fill_(not_denser, float("inf")).amin(-1)
+    return rank_centres(density, denser_distance, num_channels, num_centres)
+
+
+def nearest_features(tokens, features, counts):
+    """Cluster (B, len(counts), N) of every token for each scale s: its nearest of the first `counts[s]` `features`
+    (B, M, C) in float32, ties to the lower cluster; one (N x M) GEMM serves every scale."""
+    squared_norms = features.square().sum(-1)[:, None, :]
+    distances = torch.baddbmm(squared_norms, tokens, features.transpose(1, 2), alpha=-2)
+    return torch.stack([distances[..., :count].argmin(-1) for count in counts], dim=1)
+
+
+@torch.no_grad()
+def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5, tokens_per_cluster: int = 4
+                         ) -> DensityPeaks:
+    """Scalable DPC-kNN: centres from the token grid average-pooled to about `tokens_per_cluster` cells per cluster of
+    the finest scale, then every token joins the nearest centre; O(N M C) time instead of O(N^2 C).
+
+    Args:
+        tokens: (B, N, C) token features in row-major order on the (height, width) `grid`.
+        grid: (height, width) with height * width == N.
+        cluster_counts: clusters per scale, each in [1, N].
+        k: neighbours of the kNN density on the pooled cells (clipped to their number).
+        tokens_per_cluster: pooled cells per cluster of the finest scale; a grid with fewer tokens is not pooled.
+
+    Returns:
+        `DensityPeaks` as from `density_peaks`: cluster c's centre is the middle token of the c-th pooled cell chosen
+        (best first) and always belongs to cluster c; the other tokens join the nearest cell mean.
+    """
+    height, width = grid
+    counts = tuple(int(count) for count in cluster_counts)
+    if tokens.dim() != 3 or tokens.shape[1] != height * width:
+        raise ValueError(f"tokens {tuple(tokens.shape)} must be (batch, height * width, channels) for grid {grid}.")
+    if not counts or any(not 1 <= count <= tokens.shape[1] for count in counts):
+        raise ValueError(f"cluster_counts={counts} must be non-empty, each between 1 and the {tokens.shape[1]} tokens.")
+    if k < 1 or tokens_per_cluster < 1:
+        raise ValueError(f"k={k} and tokens_per_cluster={tokens_per_cluster} must both be >= 1.")
+    with torch.autocast(device_type=tokens.device.type, enabled=False):
+        tokens = tokens.float()
+        cells = pooled_grid(height, width, tokens_per_cluster * max(counts))
+        pooled = torch.nn.functional.adaptive_avg_pool2d(tokens.transpose(1, 2).unflatten(2, grid), cells)
+        pooled = pooled.flatten(2).transpose(1, 2)
+        chosen = dense_density_peaks(pooled, max(counts), k)
+        assignments = nearest_features(tokens, gather_rows(pooled, chosen), counts)
+        centres = cell_middles(height, width, cells, tokens.device)[chosen]
+        for scale, count in enumerate(counts):
+            own_cluster = torch.arange(count, device=tokens.device).expand(tokens.shape[0], count)
+            assignments[:, scale].scatter_(1, centres[:, :count], own_cluster)
+        return DensityPeaks(assignments, centres)
+
+
+__all__ = ["DensityPeaks", "capped_cluster_counts", "cluster_counts", "cluster_tokens", "density_peaks",
+           "pooled_density_peaks"]

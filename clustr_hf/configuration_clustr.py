@@ -21,6 +21,9 @@ VARIANTS = {
 }
 """The released ClusTR variants (b1-b3, ALGORITHM.md section 4) and our small b0."""
 
+CLUSTERING_MODES = ("exact", "pooled")
+"""Values of `ClusTRConfig.clustering_mode`."""
+
 _PER_STAGE_FIELDS = (
     "hidden_sizes", "num_attention_heads", "mlp_ratios", "patch_sizes", "strides", "cluster_reduction_ratios",
 )
@@ -46,6 +49,14 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
         cluster_num_neighbors (`int`): the `k` of the kNN local density (paper: 5, the token itself included).
         cluster_chunk_size (`int`): rows of the distance matrix the clustering holds at once per image; bounds its
             memory to `cluster_chunk_size * N` distances without changing the result.
+        clustering_mode (`str`, defaults to `"exact"`): `"exact"` clusters all N tokens of a block with DPC-kNN as the
+            paper does (O(N^2) per block); `"pooled"` scales to high resolution: the cluster counts are capped at
+            `pooled_max_clusters`, the density peaks are found on the token grid average-pooled to
+            `pooled_tokens_per_cluster` cells per cluster, and every token joins the nearest one (O(N M) per block).
+        pooled_max_clusters (`int`, defaults to 49): `"pooled"` mode only: the coarse scale's cluster count is at most
+            this (scale s: `s * pooled_max_clusters`); 49 is the count at 224x224, so it binds only above.
+        pooled_tokens_per_cluster (`int`, defaults to 4): `"pooled"` mode only: pooled cells per cluster of the finest
+            scale on which the density peaks are found; grids with fewer tokens are not pooled.
         hidden_act (`str`): activation of the feed-forward networks.
         hidden_dropout_prob (`float`), attention_probs_dropout_prob (`float`): dropout after projections and on the
             attention probabilities.
@@ -71,6 +82,9 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
     cluster_scales: list[int] | tuple[int, ...] = (1, 4)
     cluster_num_neighbors: int = 5
     cluster_chunk_size: int = 256
+    clustering_mode: str = "exact"
+    pooled_max_clusters: int = 49
+    pooled_tokens_per_cluster: int = 4
     hidden_act: str = "gelu"
     hidden_dropout_prob: float | int = 0.0
     attention_probs_dropout_prob: float | int = 0.0
@@ -135,6 +149,14 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"cluster_num_neighbors={self.cluster_num_neighbors} must be >= 1 (paper: 5).")
         if self.cluster_chunk_size < 1:
             raise ValueError(f"cluster_chunk_size={self.cluster_chunk_size} must be >= 1.")
+        if self.clustering_mode not in CLUSTERING_MODES:
+            raise ValueError(
+                f"clustering_mode={self.clustering_mode!r} is not one of {', '.join(map(repr, CLUSTERING_MODES))}; "
+                f"'exact' is the paper's clustering, 'pooled' the scalable one for high resolutions."
+            )
+        for name in ("pooled_max_clusters", "pooled_tokens_per_cluster"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (defaults: 49 and 4).")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1).")

@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPoo
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.generic import can_return_tuple
 
-from .clustering import cluster_counts, density_peaks
+from .clustering import capped_cluster_counts, cluster_counts, density_peaks, pooled_density_peaks
 from .configuration_clustr import ClusTRConfig
 
 
@@ -26,6 +26,13 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoBackbone": "modeling_clustr.ClusTRBackbone",
 }
 """The config.json auto_map of a saved ClusTR model: each Auto class finds its ClusTR class in the saved .py files."""
+
+
+def block_cluster_counts(config: ClusTRConfig, num_tokens: int, reduction_ratio: int) -> tuple[int, ...]:
+    """Clusters per scale of a clustered block with `num_tokens` tokens: capped in the "pooled" clustering mode."""
+    if config.clustering_mode == "pooled":
+        return capped_cluster_counts(num_tokens, reduction_ratio, config.cluster_scales, config.pooled_max_clusters)
+    return cluster_counts(num_tokens, reduction_ratio, config.cluster_scales)
 
 
 def eager_attention_forward(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
@@ -109,19 +116,25 @@ class ClusTRAttention(nn.Module):
         weight_sums = hidden_states.new_zeros(batch_size, num_clusters, 1).scatter_add(1, index, weights)
         return totals / (weight_sums + 1e-6)
 
-    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False):
-        """Returns the attention output (B, N, C), the attention probabilities if asked (see ClusTRModel), and the
-        block's `DensityPeaks` clusters (None for full attention)."""
+    def cluster(self, hidden_states: torch.Tensor, height: int, width: int):
+        """The block's `DensityPeaks` clusters of its (B, N, C) tokens on the (height, width) grid and their counts."""
+        counts = block_cluster_counts(self.config, hidden_states.shape[1], self.reduction_ratio)
+        tokens = hidden_states.detach()
+        if self.config.clustering_mode == "pooled":
+            return pooled_density_peaks(tokens, (height, width), counts, self.config.cluster_num_neighbors,
+                                        self.config.pooled_tokens_per_cluster), counts
+        return density_peaks(tokens, counts, self.config.cluster_num_neighbors, self.config.cluster_chunk_size), counts
+
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False):
+        """Returns the attention output (B, N, C) of the tokens on the (height, width) grid, the attention
+        probabilities if asked (see ClusTRModel), and the block's `DensityPeaks` clusters (None for full attention)."""
         attention: Callable = eager_attention_forward
         if not output_attentions:
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         query = self._heads(self.query(hidden_states))
         clusters = None
         if self.reduction_ratio > 1:
-            counts = cluster_counts(hidden_states.shape[1], self.reduction_ratio, self.config.cluster_scales)
-            clusters = density_peaks(
-                hidden_states.detach(), counts, self.config.cluster_num_neighbors, self.config.cluster_chunk_size
-            )
+            clusters, counts = self.cluster(hidden_states, height, width)
             key_value_sources = [
                 (self.merge_clusters(hidden_states, clusters.assignments[:, scale], count), key_value)
                 for scale, (count, key_value) in enumerate(zip(counts, self.key_values))
@@ -175,7 +188,9 @@ class ClusTRLayer(GradientCheckpointingLayer):
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False):
-        attention_output, attention_probs, clusters = self.attention(self.layer_norm_1(hidden_states), output_attentions)
+        attention_output, attention_probs, clusters = self.attention(
+            self.layer_norm_1(hidden_states), height, width, output_attentions
+        )
         hidden_states = hidden_states + self.drop_path(attention_output)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.layer_norm_2(hidden_states), height, width))
         return hidden_states, attention_probs, clusters
