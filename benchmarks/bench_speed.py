@@ -1,7 +1,8 @@
 """Speed and memory of ClusTR with its chunked exact clustering, against the reference formulation and PVTv2 (issue 4).
 
 One run measures side by side, for ClusTR b2 and b0 (random weights, real photos, eval, fp32, batch 4):
-  clustr   ClusTR as shipped (`clustr_hf.clustering.density_peaks`);
+  clustr   ClusTR as shipped, exact mode (`clustr_hf.clustering.density_peaks`);
+  pooled   ClusTR in the scalable mode (`clustering_mode="pooled"`, the same weights; issue 9);
   oracle   ClusTR with the reference's formulation of the same clustering (full N x N matrices,
            `reference_clustering.py`); skipped where a run would take longer than --oracle-limit seconds (except
            at --oracle-sizes, 224 and 448, which the targets need) or would not fit in memory;
@@ -10,7 +11,7 @@ One run measures side by side, for ClusTR b2 and b0 (random weights, real photos
   pvtv2    transformers' PvtV2Model with the matching PVTv2 configuration (b2 against PVTv2-b2, b0 against PVTv2-b0);
 forward latency at each --sizes (median of --repeats runs after a warm-up, the variants interleaved run by run so that
 load changes hit them alike), the extra peak resident memory of a forward, and a training step (forward and backward
-of the image classifiers) at the first size. Prints a table and the issue's targets, writes results JSON and a PNG plot.
+of the image classifiers) at the first size. Prints a table and the issues' targets, writes results JSON and a PNG plot.
 
     python benchmarks/bench_speed.py                       # everything (about 15-25 minutes on 2 quiet cores)
     python benchmarks/bench_speed.py --sizes 224 --models b0 --repeats 3   # a quick look
@@ -46,7 +47,10 @@ PVT_V2_CONFIGS = {  # the released PVTv2 configurations the ClusTR variants are 
     "b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8]),
     "b2": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], num_attention_heads=[1, 2, 5, 8]),
 }
-TARGETS = {"speedup_224": 2.5, "speedup_448": 5.0, "memory_fraction_448": 1 / 3, "overhead_per_gemm": 1.3}
+TARGETS = {"speedup_224": 2.5, "speedup_448": 5.0, "memory_fraction_448": 1 / 3, "overhead_per_gemm": 1.3,
+           "pooled_to_pvtv2_224": 1.4, "pooled_to_pvtv2_448": 1.0, "pooled_to_pvtv2_640": 1.0,
+           "pooled_memory_to_pvtv2_640": 1.0}
+VARIANTS = ("clustr", "pooled", "oracle", "floor", "gemms", "pvtv2")
 
 
 def free_assignment(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int = 256) -> DensityPeaks:
@@ -177,14 +181,23 @@ def load_average():
     return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
-def forward_calls(clustr, pvt, pixel_values, shapes, device, with_oracle):
+def pooled_copy(model):
+    """`model` with the same weights in the pooled clustering mode."""
+    config = model.config.to_dict()
+    config.update(clustering_mode="pooled")
+    pooled = type(model)(type(model.config).from_dict(config)).to(next(model.parameters()).device)
+    pooled.load_state_dict(model.state_dict())
+    return pooled.train(model.training)
+
+
+def forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle):
     def forward(model, function=None):
         def call():
             with clustering(function or density_peaks), torch.no_grad():
                 model(pixel_values)
         return call
 
-    calls = {"clustr": forward(clustr), "floor": forward(clustr, free_assignment)}
+    calls = {"clustr": forward(clustr), "pooled": forward(pooled), "floor": forward(clustr, free_assignment)}
     if with_oracle:
         calls["oracle"] = forward(clustr, reference_density_peaks)
     calls["gemms"] = distance_gemms(shapes, device)
@@ -207,7 +220,7 @@ def training_calls(name, pixel_values, device):
         return call
 
     return {
-        "clustr": step(clustr), "floor": step(clustr, free_assignment),
+        "clustr": step(clustr), "pooled": step(pooled_copy(clustr)), "floor": step(clustr, free_assignment),
         "oracle": step(clustr, reference_density_peaks), "pvtv2": step(pvt),
     }
 
@@ -225,6 +238,7 @@ def run(args):
         torch.manual_seed(0)
         clustr = ClusTRModel(ClusTRConfig.from_variant(name)).to(device).eval()
         pvt = PvtV2Model(PvtV2Config(**PVT_V2_CONFIGS[name])).to(device).eval()
+        pooled = pooled_copy(clustr)
         report["forward"][name] = {}
         oracle_seconds_per_distance = None  # oracle time / sum of B N^2 over the clustered blocks, from the last size
         oracle_bytes_per_distance = None  # oracle peak memory / the largest N^2 of a block, from the last size
@@ -242,7 +256,7 @@ def run(args):
             with_oracle = skip is None
             print(f"{name} {size}x{size}: load {load_average()}" + (f"; oracle skipped: {skip}" if skip else ""),
                   flush=True)
-            calls = forward_calls(clustr, pvt, pixel_values, shapes, device, with_oracle)
+            calls = forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle)
             limit = None if size in args.oracle_sizes else args.oracle_limit
             results = measure_interleaved(calls, args.repeats, memory, limit)
             if with_oracle:
@@ -275,11 +289,11 @@ def format_row(results):
         memory = f" ({result['peak_bytes'] / 2**20:.0f} MiB)" if result["peak_bytes"] is not None else ""
         return f"{name} {result['median_s']:.3f} s{memory}"
 
-    return "    " + " | ".join(cell(name) for name in ("clustr", "oracle", "floor", "gemms", "pvtv2"))
+    return "    " + " | ".join(cell(name) for name in VARIANTS)
 
 
 def targets(report):
-    """The issue's targets for b2 as measured ratios (None where a figure is missing)."""
+    """The issues' targets for b2 as measured ratios (None where a figure is missing)."""
     forward = report["forward"].get("b2", {})
 
     def median(size, name):
@@ -299,6 +313,15 @@ def targets(report):
             "value": ratio(clustr - floor, gemms) if clustr and floor else None,
             "target": TARGETS["overhead_per_gemm"], "higher_is_better": False}
         checks[f"ratio_to_pvtv2_{size}"] = {"value": ratio(clustr, median(size, "pvtv2"))}
+    for size in (224, 448, 640):
+        if size in forward:
+            checks[f"pooled_to_pvtv2_{size}"] = {
+                "value": ratio(median(size, "pooled"), median(size, "pvtv2")),
+                "target": TARGETS[f"pooled_to_pvtv2_{size}"], "higher_is_better": False}
+    if 640 in forward:
+        checks["pooled_memory_to_pvtv2_640"] = {
+            "value": ratio(forward[640]["pooled"]["peak_bytes"], forward[640]["pvtv2"]["peak_bytes"]),
+            "target": TARGETS["pooled_memory_to_pvtv2_640"], "higher_is_better": False}
     if 448 in forward:
         peaks = {name: forward[448][name].get("peak_bytes") for name in ("clustr", "oracle")}
         checks["memory_fraction_of_oracle_448"] = {
@@ -336,7 +359,7 @@ def plot(report, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(report["forward"]), figsize=(6 * len(report["forward"]), 4.5), squeeze=False)
-    labels = {"clustr": "ClusTR (chunked exact clustering)", "oracle": "ClusTR (reference formulation)",
+    labels = {"clustr": "ClusTR (chunked exact clustering)", "pooled": "ClusTR (pooled clustering mode)", "oracle": "ClusTR (reference formulation)",
               "floor": "ClusTR, free clustering (floor)", "gemms": "distance GEMMs alone", "pvtv2": "PVTv2 (transformers)"}
     for axis, (name, sizes) in zip(axes[0], report["forward"].items()):
         for variant, label in labels.items():
