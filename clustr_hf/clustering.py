@@ -11,12 +11,12 @@ GEMM, reduced at once, so memory is O(chunk_size * N) per image. Three passes:
 
 Float32 prunes, float64 decides. A float32 GEMM's rounding (relative to the tokens' norms, not to their distances)
 would otherwise decide between near-equal distances that the float64 reference tells apart, as flat image regions
-produce by the hundred. So pass 1 keeps `2k` float32 candidates, recomputes their distances by direct float64
-differences (equal tokens exactly 0 apart) and certifies with a rigorous float32 rounding bound that no other token can
-be nearer; the rows it cannot certify are redone with a float64 GEMM. Passes 2 and 3 run in float64 (they cost a small
-fraction of pass 1). The redone rows and the searched peaks are data-dependent subsets; under tracing or export every
-row is redone or searched instead, the same result with static shapes. The batch only batches the GEMMs: every image
-is clustered on its own.
+produce by the hundred. So pass 1 keeps `2k` float32 candidates per token, recomputes their distances by direct
+float64 differences (equal tokens exactly 0 apart) and certifies, with a rigorous bound on the float32 rounding, that
+no other token is nearer; pass 3 certifies that the runner-up centre is farther by more than twice the bound. The
+tokens either pass cannot certify are redone with a float64 GEMM, as are pass 2's searches (few rows). The redone
+tokens and the searched peaks are data-dependent subsets; under tracing or export every token is redone and searched
+instead, the same result with static shapes. The batch only batches the GEMMs: every image is clustered on its own.
 """
 
 import math
