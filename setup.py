@@ -9,6 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=["clustr_hf"],
+    package_data={"clustr_hf": ["model_card_template.md"]},
     python_requires=">=3.11",
     install_requires=[
         "torch>=2.6,<3",
@@ -21,7 +22,13 @@ setup(
         "huggingface_hub>=1.31,<3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24"],
+        "dev": [
+            "pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24", "matplotlib>=3.8", "tensorboard>=2.14",
+            "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
+        ],
+        "train": ["scikit-learn>=1.5", "tensorboard>=2.14"],
+        "viz": ["matplotlib>=3.8"],
+        "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

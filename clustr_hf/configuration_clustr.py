@@ -83,6 +83,8 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        if not self.depths:
+            raise ValueError("depths is empty; give the number of blocks of each stage, e.g. depths=[2, 2, 2, 2].")
         self.stage_names = [f"stage{idx}" for idx in range(1, len(self.depths) + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
@@ -103,8 +105,6 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
     def validate_architecture(self):
         """Reject inconsistent settings at construction, naming the field and the fix."""
         num_stages = len(self.depths)
-        if num_stages == 0:
-            raise ValueError("depths is empty; give the number of blocks of each stage, e.g. depths=[2, 2, 2, 2].")
         for name in _PER_STAGE_FIELDS:
             if len(getattr(self, name)) != num_stages:
                 raise ValueError(

@@ -19,6 +19,15 @@ from .clustering import cluster_counts, density_peaks
 from .configuration_clustr import ClusTRConfig
 
 
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_clustr.ClusTRConfig",
+    "AutoModel": "modeling_clustr.ClusTRModel",
+    "AutoModelForImageClassification": "modeling_clustr.ClusTRForImageClassification",
+    "AutoBackbone": "modeling_clustr.ClusTRBackbone",
+}
+"""The config.json auto_map of a saved ClusTR model: each Auto class finds its ClusTR class in the saved .py files."""
+
+
 def eager_attention_forward(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """Softmax attention written out, so that the probabilities can be returned; (B, N, heads, d) and (B, h, N, M)."""
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -241,6 +250,13 @@ class ClusTRPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers saves; a class registered for remote code (importing clustr_hf registers all) also writes
+        the auto_map of all four Auto classes, where transformers would write only its own."""
+        if self._auto_class is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         """Reject inputs the model would otherwise fail on deep inside, or silently misread."""

@@ -1,7 +1,9 @@
 """Shared test fixtures: offline mode, tiny configurations and real photos from scikit-image."""
 
 import os
+import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,29 @@ def tiny_config(**overrides):
         num_labels=3,
     )
     return ClusTRConfig(**{**settings, **overrides})
+
+
+WITHOUT_CLUSTR_HF = r"""
+import sys
+sys.path.append(sys.argv[1])
+try:
+    import clustr_hf
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit(f"clustr_hf is importable from {clustr_hf.__file__}; the test would not test remote code")
+"""
+
+
+def run_without_clustr_hf(script: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `script` offline in a fresh interpreter where clustr_hf cannot be imported, as on a user's machine.
+
+    -I ignores PYTHONPATH, the user site and the working directory, -S skips site-packages' .pth files (among them
+    clustr_hf's editable install); only the bare site-packages folder comes back, as sys.argv[1] (`args` follow).
+    """
+    environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(cwd / "hf_home"), "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-I", "-S", "-c", WITHOUT_CLUSTR_HF + script, sysconfig.get_paths()["purelib"], *args]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture

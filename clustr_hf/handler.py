@@ -1,0 +1,76 @@
+"""Custom handler for Hugging Face Inference Endpoints, shipped as handler.py in the Hub folder of a ClusTR classifier.
+
+The Hub's hosted widget does not run custom code; an Inference Endpoint imports this file from the repository and
+calls `EndpointHandler(path)(data)`. It needs only torch, torchvision and transformers (no clustr_hf): the model and
+image processor load from the repository as remote code.
+"""
+
+import base64
+import binascii
+import io
+
+import PIL.Image
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+
+_ACCEPTED = (
+    'send the image file itself as the request body (Content-Type image/jpeg, image/png, ...), or JSON '
+    '{"inputs": "<base64 of the image file>"}'
+)
+
+
+def decode_image(inputs) -> PIL.Image.Image:
+    """The RGB image in `inputs`: a PIL image, the bytes of an image file, or those bytes base64-encoded (optionally
+    as a `data:image/...;base64,` URL)."""
+    if isinstance(inputs, PIL.Image.Image):
+        return inputs.convert("RGB")
+    if isinstance(inputs, str):
+        encoded = inputs.split(",", 1)[1] if inputs.startswith("data:") else inputs
+        if not encoded.strip():
+            raise ValueError(f"'inputs' is an empty string; {_ACCEPTED}.")
+        try:
+            inputs = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise ValueError(f"'inputs' is a string but not base64 ({error}); {_ACCEPTED}.") from error
+    if not isinstance(inputs, (bytes, bytearray)):
+        raise ValueError(f"'inputs' is a {type(inputs).__name__}, not an image; {_ACCEPTED}.")
+    if not inputs:
+        raise ValueError(f"'inputs' is empty (0 bytes); {_ACCEPTED}.")
+    try:
+        with PIL.Image.open(io.BytesIO(inputs)) as image:
+            return image.convert("RGB")
+    except (PIL.UnidentifiedImageError, OSError) as error:
+        raise ValueError(
+            f"'inputs' ({len(inputs)} bytes, starting {bytes(inputs[:8])!r}) is not an image file PIL can read "
+            f"({error}); {_ACCEPTED}."
+        ) from error
+
+
+class EndpointHandler:
+    """Image classification with the repository's ClusTR model: `[{"label", "score"}]`, best first, softmax scores."""
+
+    def __init__(self, path: str = ""):
+        self.image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=True)
+        self.model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True).eval()
+
+    def __call__(self, data: dict) -> list[dict]:
+        """`data["inputs"]`: the image (see `decode_image`); optional `data["parameters"]["top_k"]` (default 5)."""
+        if not isinstance(data, dict) or "inputs" not in data:
+            raise ValueError(f"The request has no 'inputs'; {_ACCEPTED}.")
+        image = decode_image(data["inputs"])
+        parameters = data.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise ValueError(f"'parameters' must be an object such as {{\"top_k\": 3}}, got {parameters!r}.")
+        top_k = parameters.get("top_k", 5)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"parameters.top_k={top_k!r} must be a positive integer.")
+        pixel_values = self.image_processor(image, return_tensors="pt").pixel_values
+        with torch.no_grad():
+            scores = self.model(pixel_values=pixel_values).logits[0].softmax(-1)
+        best = scores.topk(min(top_k, scores.numel()))
+        id2label = self.model.config.id2label
+        return [
+            {"label": id2label[index], "score": score}
+            for score, index in zip(best.values.tolist(), best.indices.tolist())
+        ]

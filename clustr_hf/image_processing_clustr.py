@@ -1,0 +1,146 @@
+"""Image processors for ClusTR: the evaluation transform of ALGORITHM.md section 6, in both transformers backends.
+
+Shorter side to `int(crop / crop_pct)` (bicubic), centre crop `crop x crop`, rescale by 1/255, ImageNet mean and
+std; the defaults (`size={"shortest_edge": 224}`, `crop_pct=0.875`) give the reference's resize-256-crop-224.
+This is ConvNeXt's `crop_pct` transform with two changes that make it the reference's at every size: it crops at
+every crop size (ConvNeXt warps instead from 384 up), and it places the crop like torchvision's `CenterCrop`
+(offsets rounded, where transformers' own crop rounds down, one pixel off for some aspect ratios).
+
+The PIL backend gives exactly the reference's torchvision pipeline on PIL images; the torchvision backend gives exactly
+the same pipeline in `torchvision.transforms.v2` on uint8 tensors. The two differ only in how the uint8 bicubic
+resizes round: on skimage's photos by at most 2 grey levels per pixel (2 / (255 * 0.224) = 0.035 after
+normalisation) and by less than 3e-4 on average (tests/test_image_processor.py).
+"""
+
+import numpy as np
+import PIL.Image
+import torch
+from torchvision.transforms.v2 import functional as tvF
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
+from transformers.models.convnext.image_processing_convnext import ConvNextImageProcessor
+from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+
+
+_MODULE = __name__.split(".")[-1]
+_ACCEPTED = "PIL images, numpy arrays or torch tensors (channels first or last), paths or URLs"
+
+
+def dtype_kind(image) -> str:
+    """numpy's kind letter of an array's or tensor's dtype: 'b' bool, 'u'/'i' integer, 'f' float, 'c' complex."""
+    if isinstance(image, np.ndarray):
+        return image.dtype.kind
+    if image.dtype == torch.bool:
+        return "b"
+    return "c" if image.dtype.is_complex else "f" if image.dtype.is_floating_point else "i"
+
+
+def checked_image(image, do_rescale: bool):
+    """One image as the backends expect it (2-D arrays get a channel axis); a clear error for what they would reject
+    obscurely or misread silently."""
+    if isinstance(image, (PIL.Image.Image, str)):
+        return image
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"Unsupported image type {type(image).__name__}; ClusTR's image processors take {_ACCEPTED}.")
+    shape = tuple(image.shape)
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3:
+        raise ValueError(f"An image must have 2 (greyscale) or 3 dimensions, got shape {shape}; "
+                         f"give a batch as a list of images or as one 4-D array.")
+    if 0 in shape:
+        raise ValueError(f"Empty image of shape {shape}; every image needs at least one pixel.")
+    if image.shape[0] not in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"An image of shape {shape} has no axis of 1 (greyscale), 3 (RGB) or 4 (RGBA) channels "
+                         f"first or last; convert it to one of those.")
+    kind = dtype_kind(image)
+    if kind not in "uif":
+        raise ValueError(f"Images of dtype {image.dtype} are not supported; give uint8 pixels in [0, 255].")
+    if do_rescale and kind == "f" and float(image.max()) <= 1:
+        raise ValueError("These floating-point pixels lie in [0, 1], but do_rescale=True expects [0, 255]; "
+                         "give uint8 images, or pass do_rescale=False for images already in [0, 1].")
+    return image
+
+
+def checked_images(images, do_rescale: bool) -> list:
+    """The input as a list of checked images: one image, a 4-D array or tensor (a batch), or a list or tuple."""
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        images = list(images)
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    if not images:
+        raise ValueError(f"No images given; pass one image or a non-empty list of {_ACCEPTED}.")
+    return [checked_image(image, do_rescale) for image in images]
+
+
+class ClusTRImageProcessingMixin:
+    """What both backends share: the defaults, the resize-then-crop, the crop placement and a two-backend auto_map."""
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    size = {"shortest_edge": 224}
+    crop_pct = 0.875
+    do_convert_rgb = True
+
+    def preprocess(self, images, *args, **kwargs):
+        """Process one image (PIL, numpy array, tensor, path or URL), a 4-D batch, or a list of images of any sizes."""
+        do_rescale = kwargs.get("do_rescale")
+        images = checked_images(images, self.do_rescale if do_rescale is None else do_rescale)
+        return super().preprocess(images, *args, **kwargs)
+
+    def resize(self, image, size: SizeDict, resample, crop_pct: float = crop_pct, **kwargs):
+        """Resize the shorter side to `int(crop / crop_pct)`, then centre-crop `crop x crop`, `crop` being
+        `size["shortest_edge"]`."""
+        if not size.shortest_edge:
+            raise ValueError(
+                f"ClusTR's image processors take size={{'shortest_edge': crop}} (the side of the square centre crop), "
+                f"got {dict(size)}; pass e.g. size=224 or size={{'shortest_edge': 224}}."
+            )
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"crop_pct={crop_pct} must lie in (0, 1]: the crop's share of the resized shorter side.")
+        crop = size.shortest_edge
+        # Skip ConvNeXt's resize (which warps from 384 up) and use the backend's aspect-preserving one.
+        backend_resize = super(self._convnext_class, self).resize
+        image = backend_resize(image, SizeDict(shortest_edge=int(crop / crop_pct)), resample=resample)
+        return self.center_crop(image, SizeDict(height=crop, width=crop))
+
+    def center_crop(self, image, size: SizeDict, **kwargs):
+        """torchvision's centre crop (the reference's `transforms.CenterCrop`), channels-first tensor or array."""
+        if size.height is None or size.width is None:
+            raise ValueError(f"crop_size must have 'height' and 'width', got {dict(size)}.")
+        if isinstance(image, np.ndarray):
+            return tvF.center_crop(torch.from_numpy(image), [size.height, size.width]).numpy()
+        return tvF.center_crop(image, [size.height, size.width])
+
+    def to_dict(self):
+        """As saved in preprocessor_config.json; a saved auto_map names the class of each backend, so that
+        `AutoImageProcessor.from_pretrained(folder, trust_remote_code=True, backend="pil")` finds the PIL one."""
+        processor_dict = super().to_dict()
+        if "AutoImageProcessor" in (processor_dict.get("auto_map") or {}):
+            processor_dict["auto_map"]["AutoImageProcessor"] = {
+                "torchvision": f"{_MODULE}.ClusTRImageProcessor",
+                "pil": f"{_MODULE}.ClusTRImageProcessorPil",
+            }
+        return processor_dict
+
+
+class ClusTRImageProcessor(ClusTRImageProcessingMixin, ConvNextImageProcessor):
+    """ClusTR's evaluation transform with the torchvision backend (batched torch ops; the default).
+
+    Takes PIL images, numpy arrays and tensors (uint8 in [0, 255], channels first or last; greyscale and RGBA become
+    RGB), one or a list of mixed sizes; returns `pixel_values` (B, 3, crop, crop).
+    """
+
+    _convnext_class = ConvNextImageProcessor
+
+
+class ClusTRImageProcessorPil(ClusTRImageProcessingMixin, ConvNextImageProcessorPil):
+    """ClusTR's evaluation transform with the PIL backend (PIL's bicubic resize, as the reference's pipeline).
+
+    Same inputs and outputs as `ClusTRImageProcessor`.
+    """
+
+    _convnext_class = ConvNextImageProcessorPil
+
+
+__all__ = ["ClusTRImageProcessor", "ClusTRImageProcessorPil"]

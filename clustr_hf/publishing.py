@@ -1,0 +1,304 @@
+"""Publishing to the Hugging Face Hub: assemble a ClusTR classifier into a Hub repository folder (weights, config with
+the complete auto_map, the model code, image processor, model card, Inference Endpoints handler) and upload it.
+
+    python examples/push_to_hub.py trained-folder/ --repo-id you/clustr-b2 --output-dir hub/clustr-b2 [--dry-run]
+    python -m clustr_hf.publishing model_cards/     # regenerate the per-variant cards from the template
+"""
+
+import json
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from transformers import AutoImageProcessor
+from transformers.image_utils import PILImageResampling
+
+from .configuration_clustr import VARIANTS, ClusTRConfig
+from .convert_reference_checkpoint import convert_checkpoint
+from .image_processing_clustr import ClusTRImageProcessor
+from .modeling_clustr import REMOTE_CODE_AUTO_MAP, ClusTRForImageClassification
+
+
+TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
+HANDLER_PATH = Path(__file__).with_name("handler.py")
+RESULTS_FILES = ("all_results.json", "eval_results.json")
+"""Where a trained folder's measured figures are read from (our training script's, then Trainer's name)."""
+RECIPE_DATASET = "ILSVRC/imagenet-1k"
+EVAL_SPLIT = "validation"
+"""The split a trained folder's results were measured on (the training script evaluates on `validation`)."""
+LICENSE = "apache-2.0"
+TAGS = ["vision", "image-classification", "clustr", "custom_code"]
+ARCHITECTURE_FIELDS = (
+    "hidden_sizes", "num_attention_heads", "depths", "mlp_ratios", "cluster_reduction_ratios", "cluster_scales",
+)
+PAPER_GFLOPS = {"b1": 2.15, "b2": 4.8, "b3": 7.48}
+"""The paper's GFLOPs at 224x224, which count no clustering and only the coarse-scale attention products."""
+VARIANT_NOTES = {
+    "b0": "clustr_hf's own small variant for demos and CPU work; not in the paper",
+    "b1": "released configuration",
+    "b2": 'released configuration, "ClusTR small" in the paper',
+    "b3": "released configuration",
+}
+HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "handler.py",
+             "requirements.txt")
+
+
+class PublishError(RuntimeError):
+    """Publishing failed after the folder was assembled (no token, or the Hub refused a step); the folder is intact."""
+
+
+def variant_of(config: ClusTRConfig) -> str | None:
+    """The name of the variant whose architecture `config` has, or None for a custom one."""
+    for name, spec in VARIANTS.items():
+        if all(list(getattr(config, field)) == list(spec[field]) for field in ARCHITECTURE_FIELDS):
+            return name
+    return None
+
+
+def transformers_requirement() -> str:
+    """The transformers versions the saved code is meant for: this major version, from this minor version on."""
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return f">={major}.{minor},<{major + 1}"
+
+
+def read_measured_results(folder: Path) -> tuple[str, dict] | tuple[None, None]:
+    """The first results file in `folder` (see RESULTS_FILES) and its contents, or (None, None)."""
+    for name in RESULTS_FILES:
+        path = folder / name
+        if path.is_file():
+            try:
+                return name, json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it.") from error
+    return None, None
+
+
+def accuracy_results(results: dict, results_file: str) -> list[dict]:
+    """The accuracies in a results dict (`eval_accuracy`, `eval_top5_accuracy`, ...) as card rows, top-1 first."""
+    rows = []
+    for key, value in results.items():
+        match = re.fullmatch(r"eval_(?:top(\d+)_)?accuracy", key)
+        if not match:
+            continue
+        k = int(match.group(1) or 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"{results_file}: {key}={value!r} is not an accuracy in [0, 1].")
+        rows.append({"k": k, "name": f"Top-{k} accuracy", "value": float(value),
+                     "metric_type": "accuracy" if k == 1 else f"top_{k}_accuracy"})
+    return sorted(rows, key=lambda row: row["k"])
+
+
+def describe_input(image_processor) -> tuple[tuple[int, int], str]:
+    """The (height, width) the image processor produces and the card's description of how."""
+    size, crop_pct = image_processor.size, getattr(image_processor, "crop_pct", None)
+    name = type(image_processor).__name__
+    if size.get("shortest_edge") and crop_pct:
+        crop = size["shortest_edge"]
+        resample = PILImageResampling(int(image_processor.resample)).name.lower()
+        return (crop, crop), (f"{crop}x{crop} RGB ({name}): shorter side resized to {int(crop / crop_pct)} "
+                              f"({resample}), centre crop, mean {list(image_processor.image_mean)}, "
+                              f"std {list(image_processor.image_std)}")
+    height, width = (size["shortest_edge"],) * 2 if size.get("shortest_edge") else (size["height"], size["width"])
+    return (height, width), f"{height}x{width} RGB ({name}, see preprocessor_config.json)"
+
+
+def describe_flops(gflops: float | None, image_size: tuple[int, int], variant: str | None) -> str:
+    """The card's FLOPs entry: the honest count, and the paper's figure for comparison where there is one."""
+    height, width = image_size
+    counted = ("TO FILL IN: not counted yet (benchmarks/flops.py has not landed)" if gflops is None
+               else f"{gflops:.2f} GFLOPs at {height}x{width}, clustering included (benchmarks/flops.py)")
+    if variant in PAPER_GFLOPS:
+        counted += (f"; the paper reports {PAPER_GFLOPS[variant]} GFLOPs at 224x224, counting no clustering and only "
+                    f"the coarse-scale attention products")
+    return counted
+
+
+def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_id: str, num_parameters: int,
+                gflops: float | None, dataset: str | None = None, results: list[dict] = (),
+                results_file: str | None = None, eval_samples: int | None = None) -> ModelCard:
+    """The model card from the packaged template (model_cards/TEMPLATE.md links to it): metadata plus text;
+    `results` become the model-index."""
+    variant = variant_of(config)
+    model_name = repo_id.split("/")[-1]
+    image_size, input_description = describe_input(image_processor)
+    eval_results = [
+        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
+                   dataset_name=dataset, dataset_split=EVAL_SPLIT, metric_type=row["metric_type"],
+                   metric_name=row["name"], metric_value=row["value"])
+        for row in results
+    ]
+    card_data = ModelCardData(
+        library_name="transformers", pipeline_tag="image-classification", license=LICENSE, tags=TAGS,
+        datasets=[dataset] if dataset else None, metrics=["accuracy"],
+        model_name=model_name if eval_results else None, eval_results=eval_results or None,
+    )
+    labels = [config.id2label[index] for index in sorted(config.id2label)]
+    named = not all(label == f"LABEL_{index}" for index, label in enumerate(labels))
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE_PATH),
+        title=f"ClusTR-{variant}" if card_kind == "variant" else model_name,
+        card_kind=card_kind, repo_id=repo_id, config=config, variant=variant,
+        variant_description=f"{variant} ({VARIANT_NOTES[variant]})" if variant else "custom (no released variant)",
+        num_labels=config.num_labels,
+        label_examples=", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "") if named else "",
+        num_parameters=f"{num_parameters:,}", flops_description=describe_flops(gflops, image_size, variant),
+        conversion_variant=variant if variant in PAPER_GFLOPS else "b2",
+        input_description=input_description, dataset=dataset, dataset_split=EVAL_SPLIT,
+        results=[dict(row, value=f"{row['value']:.4f} ({100 * row['value']:.2f}%)") for row in results],
+        results_file=results_file, eval_samples=eval_samples, transformers_requirement=transformers_requirement(),
+    )
+
+
+def variant_card(variant: str, gflops: float | None = None) -> ModelCard:
+    """The card of a released (or our b0) variant with 1000 ImageNet classes: architecture, no measured results."""
+    config = ClusTRConfig.from_variant(variant, num_labels=1000)
+    with torch.device("meta"):  # shapes only: counting needs no memory and no initialisation
+        num_parameters = sum(parameter.numel() for parameter in ClusTRForImageClassification(config).parameters())
+    return render_card(config, ClusTRImageProcessor(), card_kind="variant",
+                       repo_id=f"<your-namespace>/clustr-{variant}", num_parameters=num_parameters, gflops=gflops,
+                       dataset=RECIPE_DATASET)
+
+
+def write_variant_cards(directory) -> list[Path]:
+    """Write model_cards/clustr-{variant}.md for every variant; returns the paths."""
+    directory = Path(directory)
+    paths = []
+    for variant in VARIANTS:
+        path = directory / f"clustr-{variant}.md"
+        variant_card(variant).save(path)
+        paths.append(path)
+    return paths
+
+
+def load_classifier(source: Path) -> tuple[ClusTRForImageClassification, object]:
+    """The classifier and image processor of a trained or converted folder, with clear errors for anything else."""
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is not a folder; give the output folder of training or of "
+                                f"python -m clustr_hf.convert_reference_checkpoint (or a reference .pth file).")
+    config_path = source / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{source} is not a ClusTR model folder: it has no config.json. Give a folder written by "
+                         f"save_pretrained (training output or converted reference checkpoint).")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type != ClusTRConfig.model_type:
+        raise ValueError(f"{source} holds a {model_type!r} model, not a ClusTR one (model_type 'clustr'); "
+                         f"this tool publishes ClusTR classifiers only.")
+    if not any((source / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        raise FileNotFoundError(f"{source} has a config.json but no weights (model.safetensors); train or convert "
+                                f"a checkpoint into it first, or point to the folder that holds them.")
+    config = ClusTRConfig.from_pretrained(source)
+    if "ClusTRForImageClassification" not in (config.architectures or []):
+        raise ValueError(f"{source} holds a {', '.join(config.architectures or ['model'])} without a classification "
+                         f"head; the Hub folder, card and handler are for image classification "
+                         f"(ClusTRForImageClassification).")
+    model, loading = ClusTRForImageClassification.from_pretrained(source, output_loading_info=True)
+    if loading["missing_keys"] or loading["mismatched_keys"]:
+        raise ValueError(f"The weights in {source} do not fit its config.json: missing "
+                         f"{sorted(loading['missing_keys'])}, mismatched {sorted(loading['mismatched_keys'])}.")
+    if (source / "preprocessor_config.json").is_file():
+        image_processor = AutoImageProcessor.from_pretrained(source)
+    else:  # a converted reference checkpoint: the reference's evaluation transform
+        image_processor = ClusTRImageProcessor()
+    return model.eval(), image_processor
+
+
+def check_remote_code(folder: Path) -> None:
+    """Fail if the folder would not load as remote code: a missing auto_map entry or a code file it names."""
+    config = json.loads((folder / "config.json").read_text())
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    missing = set(REMOTE_CODE_AUTO_MAP) - set(config.get("auto_map", {}))
+    processor_classes = (processor.get("auto_map") or {}).get("AutoImageProcessor", {})
+    if processor["image_processor_type"].startswith("ClusTR") and not processor_classes:
+        missing.add("AutoImageProcessor")
+    if missing:
+        raise RuntimeError(f"save_pretrained wrote no auto_map entry for {sorted(missing)} in {folder}; the folder "
+                           f"would not load with trust_remote_code.")
+    references = list(config["auto_map"].values()) + list(processor_classes.values())
+    for reference in references:
+        module = reference.split(".")[0]
+        if not (folder / f"{module}.py").is_file():
+            raise RuntimeError(f"{folder} names {reference} in its auto_map but has no {module}.py.")
+
+
+def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None = None,
+                        variant: str | None = None) -> Path:
+    """Write the Hub repository folder for the ClusTR classifier in `source` into `output_dir` and return it.
+
+    `source` is a folder written by save_pretrained (training output, or a converted reference checkpoint) or a
+    reference .pth file (converted on the way, checked against `variant` if given). A trained folder's measured
+    accuracies (all_results.json / eval_results.json) go into the card and its model-index; they need `dataset`.
+    """
+    source, output_dir = Path(source), Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} is not empty; give a new or empty --output-dir (nothing is overwritten).")
+    if source.is_file() and source.suffix in (".pth", ".pt"):
+        with tempfile.TemporaryDirectory() as converted:
+            convert_checkpoint(source, converted, variant)
+            return assemble_hub_folder(converted, output_dir, repo_id=repo_id, dataset=dataset)
+    model, image_processor = load_classifier(source)
+    results_file, results = read_measured_results(source)
+    rows = accuracy_results(results, results_file) if results else []
+    if rows and not dataset:
+        raise ValueError(f"{source / results_file} holds measured accuracies; name the dataset they were measured "
+                         f"on (e.g. --dataset ILSVRC/imagenet-1k) so that the card can state it.")
+    card = render_card(
+        model.config, image_processor, card_kind="folder", repo_id=repo_id,
+        num_parameters=sum(parameter.numel() for parameter in model.parameters()), gflops=None, dataset=dataset,
+        results=rows,
+        results_file=results_file, eval_samples=(results or {}).get("eval_samples"),
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)  # with the .py files and the complete auto_map (importing clustr_hf registers)
+    image_processor.save_pretrained(output_dir)
+    card.save(output_dir / "README.md")
+    shutil.copyfile(HANDLER_PATH, output_dir / "handler.py")
+    (output_dir / "requirements.txt").write_text(f"transformers{transformers_requirement()}\n")
+    if results_file:
+        shutil.copyfile(source / results_file, output_dir / results_file)
+    check_remote_code(output_dir)
+    return output_dir
+
+
+def upload_hub_folder(folder, repo_id: str, *, private: bool = False, revision: str | None = None,
+                      commit_message: str | None = None, token: str | None = None):
+    """Create the Hub repository (if needed) and the branch `revision` (if given), then upload the assembled folder
+    in one commit; returns huggingface_hub's CommitInfo. Raises PublishError naming the step that failed."""
+    folder = Path(folder)
+    missing = [name for name in HUB_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not an assembled Hub folder (missing {', '.join(missing)}); build it "
+                                f"with assemble_hub_folder or examples/push_to_hub.py --dry-run first.")
+    upload_again = shlex.join(["python", "examples/push_to_hub.py", str(folder), "--upload-only", "--repo-id", repo_id]
+                              + ["--private"] * private + ["--revision", revision] * (revision is not None))
+    token = token or get_token()
+    if not token:
+        raise PublishError(f"No Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access), "
+                           f"then upload the assembled folder, which is ready and unchanged: {upload_again}")
+    api = HfApi(token=token)
+    step = f"creating the repository {repo_id}"
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision not in (None, "main"):
+            step = f"creating the branch {revision!r} of {repo_id}"
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        step = f"uploading {folder} to {repo_id}"
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                 commit_message=commit_message or f"Upload {folder.name} with clustr_hf")
+    except Exception as error:
+        causes, cause = [], error
+        while cause is not None:  # huggingface_hub wraps some HTTP errors; their text says what the Hub answered
+            causes.append(str(cause))
+            cause = cause.__cause__
+        raise PublishError(f"Publishing failed while {step}: {' <- '.join(causes)}\nThe assembled folder {folder} is "
+                           f"unchanged; fix the cause, then upload it again: {upload_again}") from error
+
+
+if __name__ == "__main__":
+    for written in write_variant_cards(sys.argv[1] if len(sys.argv) > 1 else "model_cards"):
+        print(f"wrote {written}")

@@ -1,0 +1,291 @@
+"""ClusTRModel, ClusTRForImageClassification and ClusTRBackbone: shapes, outputs, losses, training features, errors."""
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import photo, photo_batch, tiny_config
+from dpc_knn_oracle import dpc_knn_oracle
+
+from clustr_hf import ClusTRBackbone, ClusTRConfig, ClusTRForImageClassification, ClusTRModel
+
+
+def classifier(config, seed=0):
+    torch.manual_seed(seed)
+    return ClusTRForImageClassification(config).eval()
+
+
+@pytest.mark.parametrize(
+    "variant, expected", [("b0", 3_322_702), ("b1", 11_682_417), ("b2", 22_690_941), ("b3", 40_246_210)]
+)
+def test_parameter_counts_equal_the_released_models(variant, expected):
+    with torch.device("meta"):
+        model = ClusTRForImageClassification(ClusTRConfig.from_variant(variant, num_labels=1000))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (96, 64), (28, 28), (33, 17), (1, 1)])
+def test_model_outputs_nchw_maps_at_any_size(height, width):
+    config = tiny_config()
+    model = ClusTRModel(config).eval()
+    pixel_values = photo("coffee", (height, width))[None]
+    with torch.no_grad():
+        outputs = model(pixel_values, output_hidden_states=True)
+    sizes = [(height, width)]
+    for kernel, stride in zip(config.patch_sizes, config.strides):
+        h, w = sizes[-1]
+        sizes.append(((h + 2 * (kernel // 2) - kernel) // stride + 1, (w + 2 * (kernel // 2) - kernel) // stride + 1))
+    expected = [(1, c, h, w) for c, (h, w) in zip(config.hidden_sizes, sizes[1:])]
+    assert [tuple(h.shape) for h in outputs.hidden_states] == expected
+    assert tuple(outputs.last_hidden_state.shape) == expected[-1]
+    torch.testing.assert_close(outputs.pooler_output, outputs.last_hidden_state.mean(dim=(2, 3)))
+    assert torch.isfinite(outputs.last_hidden_state).all()
+
+
+def test_classifier_logits_are_the_head_on_the_pooled_tokens():
+    model = classifier(tiny_config())
+    pixel_values = photo_batch((64, 48))
+    with torch.no_grad():
+        outputs = model(pixel_values)
+        pooled = model.clustr(pixel_values).pooler_output
+    assert outputs.logits.shape == (4, 3)
+    torch.testing.assert_close(outputs.logits, model.classifier(pooled))
+
+
+def test_batch_gives_the_same_outputs_as_each_image_alone():
+    model = classifier(tiny_config())
+    pixel_values = photo_batch((64, 64))
+    with torch.no_grad():
+        batched = model.clustr(pixel_values, output_cluster_assignments=True)
+        for i in range(len(pixel_values)):
+            single = model.clustr(pixel_values[i : i + 1], output_cluster_assignments=True)
+            torch.testing.assert_close(single.pooler_output, batched.pooler_output[i : i + 1], rtol=1e-5, atol=1e-5)
+            for one, many in zip(single.cluster_assignments, batched.cluster_assignments):
+                assert torch.equal(one[0], many[i])
+
+
+def test_eval_forward_is_deterministic():
+    model = classifier(tiny_config())
+    pixel_values = photo_batch((64, 64))
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values).logits, model(pixel_values).logits)
+
+
+def test_return_dict_false_gives_the_same_values_as_a_tuple():
+    model = classifier(tiny_config())
+    pixel_values = photo_batch((32, 32))
+    labels = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        as_dict = model(pixel_values, labels=labels, output_hidden_states=True)
+        as_tuple = model(pixel_values, labels=labels, output_hidden_states=True, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 3
+    assert torch.equal(as_tuple[0], as_dict.loss) and torch.equal(as_tuple[1], as_dict.logits)
+    assert all(torch.equal(a, b) for a, b in zip(as_tuple[2], as_dict.hidden_states))
+
+
+def test_output_hidden_states_from_the_config():
+    config = tiny_config(output_hidden_states=True)
+    with torch.no_grad():
+        outputs = ClusTRModel(config).eval()(photo_batch((32, 32)))
+    assert [h.shape[1] for h in outputs.hidden_states] == list(config.hidden_sizes)
+
+
+def test_attentions_hold_one_distribution_per_scale():
+    config = tiny_config()
+    model = ClusTRModel(config).eval()
+    pixel_values = photo_batch((64, 64), names=("astronaut", "rocket"))
+    with torch.no_grad():
+        outputs = model(pixel_values, output_attentions=True)
+    assert len(outputs.attentions) == sum(config.depths)
+    # Stage 1 has 16x16 tokens and 256 // 8**2 = 4 coarse clusters, 16 fine ones.
+    stage1 = outputs.attentions[0]
+    assert stage1.shape == (2, 1, 256, 4 + 16)
+    torch.testing.assert_close(stage1[..., :4].sum(-1), torch.ones(2, 1, 256))
+    torch.testing.assert_close(stage1[..., 4:].sum(-1), torch.ones(2, 1, 256))
+    # Stage 4 (ratio 1) attends to all of its 2x2 tokens.
+    assert outputs.attentions[-1].shape == (2, 4, 4, 4)
+    torch.testing.assert_close(outputs.attentions[-1].sum(-1), torch.ones(2, 4, 4))
+
+
+def test_cluster_assignments_are_the_dpc_knn_of_each_block_input():
+    config = tiny_config(depths=[1, 1, 1, 1])
+    model = ClusTRModel(config).eval()
+    pixel_values = photo_batch((64, 64), names=("chelsea",))
+    captured = []
+    handle = model.encoder.stages[0].blocks[0].attention.register_forward_pre_hook(
+        lambda module, args: captured.append(args[0].detach())
+    )
+    with torch.no_grad():
+        outputs = model(pixel_values, output_cluster_assignments=True)
+    handle.remove()
+    assert len(outputs.cluster_assignments) == 3  # stages 1-3 are clustered, one block each
+    expected = dpc_knn_oracle(captured[0][0], (4, 16), k=5)
+    assert torch.equal(outputs.cluster_assignments[0][0], expected)
+    centres = outputs.cluster_centres[0][0]
+    assert torch.equal(outputs.cluster_assignments[0][0, 1, centres], torch.arange(16))
+
+
+def test_clustered_attention_is_the_weighted_cluster_mean_attention_of_the_spec():
+    """Section 2.2 written out for one block: merge by exp(score)-weighted means, attend per scale, sum, project."""
+    config = tiny_config(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[2, 2, 3, 4])
+    attention = ClusTRModel(config).eval().encoder.stages[0].blocks[0].attention
+    torch.manual_seed(3)
+    x = torch.randn(1, 64, 8)
+    with torch.no_grad():
+        output, _, clusters = attention(x)
+        weights = torch.exp(attention.score(x))[0, :, 0]
+        q = attention.query(x)[0].reshape(64, 2, 4).transpose(0, 1)
+        total = 0
+        for scale, count in enumerate((1, 4)):
+            members = clusters.assignments[0, scale]
+            merged = torch.stack([
+                (weights[members == c, None] * x[0, members == c]).sum(0) / (weights[members == c].sum() + 1e-6)
+                for c in range(count)
+            ])
+            key, value = attention.key_values[scale](merged).split(8, dim=-1)
+            key, value = key.reshape(count, 2, 4).transpose(0, 1), value.reshape(count, 2, 4).transpose(0, 1)
+            total = total + torch.softmax(q @ key.transpose(1, 2) / math.sqrt(4), dim=-1) @ value
+        expected = attention.proj(total.transpose(0, 1).reshape(64, 8))
+    torch.testing.assert_close(output[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_save_and_load_give_identical_logits(tmp_path):
+    model = classifier(tiny_config())
+    model.save_pretrained(tmp_path)
+    loaded = ClusTRForImageClassification.from_pretrained(tmp_path).eval()
+    pixel_values = photo_batch((64, 64))
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values).logits, model(pixel_values).logits)
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_new_head_with_ignore_mismatched_sizes(tmp_path):
+    classifier(tiny_config()).save_pretrained(tmp_path)
+    model = ClusTRForImageClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
+    assert model.classifier.weight.shape == (5, 32)
+    base = ClusTRModel.from_pretrained(tmp_path)
+    assert torch.equal(base.encoder.stages[0].patch_embeddings.proj.weight,
+                       model.clustr.encoder.stages[0].patch_embeddings.proj.weight)
+
+
+def test_initialisation_follows_the_reference():
+    torch.manual_seed(0)
+    model = ClusTRForImageClassification(ClusTRConfig.from_variant("b0", num_labels=10))
+    fc1 = model.clustr.encoder.stages[3].blocks[0].mlp.dense1.weight
+    assert abs(fc1.std().item() - 0.02) < 0.001 and fc1.abs().max() <= 2  # truncated at +-2 as in timm, i.e. 100 std
+    patch = model.clustr.encoder.stages[0].patch_embeddings.proj.weight  # fan_out = 7 * 7 * 32
+    assert abs(patch.std().item() - math.sqrt(2 / (7 * 7 * 32))) < 0.1 * math.sqrt(2 / (7 * 7 * 32))
+    dwconv = model.clustr.encoder.stages[0].blocks[0].mlp.dwconv.weight  # fan_out = 3 * 3 * 256 / 256 groups
+    assert abs(dwconv.std().item() - math.sqrt(2 / 9)) < 0.1 * math.sqrt(2 / 9)
+    norm = model.clustr.encoder.stages[1].blocks[1].layer_norm_1
+    assert torch.equal(norm.weight, torch.ones(64)) and torch.equal(norm.bias, torch.zeros(64))
+    assert all(m.bias.abs().max() == 0 for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_drop_path_rises_linearly_over_all_blocks():
+    model = ClusTRModel(ClusTRConfig.from_variant("b0", drop_path_rate=0.7))
+    rates = [block.drop_path.p for stage in model.encoder.stages for block in stage.blocks]
+    torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.7, 8))
+
+
+def test_drop_path_only_acts_in_training():
+    model = classifier(tiny_config(drop_path_rate=0.5))
+    pixel_values = photo_batch((32, 32))
+    with torch.no_grad():
+        evaluated = model(pixel_values).logits
+        model.train()
+        torch.manual_seed(0)
+        trained = model(pixel_values).logits
+    assert not torch.allclose(evaluated, trained)
+
+
+def test_losses_for_the_three_problem_types():
+    pixel_values = photo_batch((32, 32))
+    single = classifier(tiny_config())
+    labels = torch.tensor([0, 2, 1, 2])
+    out = single(pixel_values, labels=labels)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+    assert single.config.problem_type == "single_label_classification"
+
+    multi = classifier(tiny_config(problem_type="multi_label_classification"))
+    targets = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])
+    out = multi(pixel_values, labels=targets)
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, targets))
+
+    regression = classifier(tiny_config(num_labels=1))
+    values = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    out = regression(pixel_values, labels=values)
+    assert regression.config.problem_type == "regression"
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(), values))
+
+
+@pytest.mark.parametrize("problem_type, labels", [
+    ("single_label_classification", torch.tensor([0, 2, 1, 2])),
+    ("multi_label_classification", torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]])),
+    ("regression", torch.tensor([[0.5, 1, 0], [-1.0, 0, 0], [2.0, 1, 1], [0.0, 0, 3]])),
+])
+def test_num_items_in_batch_turns_the_loss_into_a_sum_over_the_accumulated_items(problem_type, labels):
+    """Trainer passes the item count of all accumulated micro-batches and does not divide the loss itself."""
+    model = classifier(tiny_config(problem_type=problem_type))
+    pixel_values = photo_batch((32, 32))
+    with torch.no_grad():
+        mean_loss = model(pixel_values, labels=labels).loss
+        accumulated_items = torch.tensor(3 * labels.numel())
+        scaled = model(pixel_values, labels=labels, num_items_in_batch=accumulated_items).loss
+    torch.testing.assert_close(scaled, mean_loss * labels.numel() / accumulated_items)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
+    model = classifier(tiny_config(drop_path_rate=0.0)).train()
+    pixel_values = photo_batch((32, 32))
+    labels = torch.tensor([0, 1, 2, 1])
+    model(pixel_values, labels=labels).loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    checkpointed = copy.deepcopy(model)
+    checkpointed.zero_grad()
+    checkpointed.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    assert all(block.gradient_checkpointing for stage in checkpointed.clustr.encoder.stages for block in stage.blocks)
+    pixel_values.requires_grad_(use_reentrant)  # reentrant checkpointing needs an input that requires grad
+    checkpointed(pixel_values, labels=labels).loss.backward()
+    for name, p in checkpointed.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_score_layer_is_trained_through_the_cluster_means():
+    model = classifier(tiny_config()).train()
+    model(photo_batch((64, 64)), labels=torch.tensor([0, 1, 2, 1])).loss.backward()
+    score = model.clustr.encoder.stages[0].blocks[0].attention.score
+    assert score.weight.grad is not None and score.weight.grad.abs().sum() > 0
+
+
+def test_backbone_returns_the_requested_stages():
+    config = tiny_config(out_features=["stage1", "stage3", "stage4"])
+    backbone = ClusTRBackbone(config).eval()
+    pixel_values = photo_batch((64, 96), names=("astronaut", "coffee"))
+    with torch.no_grad():
+        outputs = backbone(pixel_values)
+        maps = ClusTRModel(config).eval()
+        maps.load_state_dict(backbone.clustr.state_dict())
+        expected = maps(pixel_values, output_hidden_states=True).hidden_states
+    assert [tuple(f.shape) for f in outputs.feature_maps] == [(2, 8, 16, 24), (2, 24, 4, 6), (2, 32, 2, 3)]
+    assert outputs.hidden_states is None
+    for feature_map, index in zip(outputs.feature_maps, (0, 2, 3)):
+        torch.testing.assert_close(feature_map, expected[index])
+    assert backbone.channels == [8, 24, 32]
+    as_tuple = backbone(pixel_values, return_dict=False)
+    assert len(as_tuple) == 1 and len(as_tuple[0]) == 3
+
+
+@pytest.mark.parametrize("pixel_values, message", [
+    (torch.zeros(1, 1, 32, 32), "has 1 channels but the model expects 3; convert the images"),
+    (torch.zeros(3, 32, 32), r"must be a \(batch, channels, height, width\) tensor, got \(3, 32, 32\); add a batch"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "must be floating point, got torch.uint8"),
+    (torch.zeros(0, 3, 32, 32), "is empty"),
+    (torch.zeros(1, 3, 0, 32), "is empty"),
+])
+def test_bad_inputs_get_clear_errors(pixel_values, message):
+    model = classifier(tiny_config())
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values)

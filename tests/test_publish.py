@@ -1,0 +1,582 @@
+"""Publishing: model cards, the assembled Hub folder (loaded as remote code in a fresh process without clustr_hf), the
+Inference Endpoints handler, and uploads through huggingface_hub's real upload code to a stand-in Hub on 127.0.0.1."""
+
+import base64
+import hashlib
+import importlib.util
+import io
+import json
+import re
+import shlex
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import run_without_clustr_hf, tiny_config
+from huggingface_hub import ModelCard, constants
+from reference_forward import reference_state_dict
+from safetensors.torch import load_file
+from skimage import data
+from transformers import ConvNextImageProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from clustr_hf import VARIANTS, ClusTRConfig, ClusTRForImageClassification, ClusTRImageProcessor
+from clustr_hf.convert_reference_checkpoint import convert_reference_state_dict
+from clustr_hf.handler import EndpointHandler, decode_image
+from clustr_hf.publishing import (
+    HANDLER_PATH,
+    PublishError,
+    assemble_hub_folder,
+    upload_hub_folder,
+    variant_card,
+)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELS = {0: "cat", 1: "coffee", 2: "rocket"}
+REPO_ID = "test-user/clustr-tiny"
+DATASET = "clustr-tests/photos"
+TOKEN = "hf_stand_in_token"
+MEASURED = {"eval_accuracy": 0.75, "eval_top5_accuracy": 1.0, "eval_loss": 0.41, "eval_samples": 4}
+# The spec's exact parameter counts with 1000 classes (ALGORITHM.md section 4; b0 from the README's table).
+PARAMETERS = {"b0": 3_322_702, "b1": 11_682_417, "b2": 22_690_941, "b3": 40_246_210}
+HUB_FILE_NAMES = {
+    "README.md", "all_results.json", "config.json", "model.safetensors", "preprocessor_config.json", "handler.py",
+    "requirements.txt", "configuration_clustr.py", "modeling_clustr.py", "clustering.py", "image_processing_clustr.py",
+}
+
+
+def cat_jpeg() -> bytes:
+    """skimage's chelsea (a real photo of a cat) as JPEG file bytes."""
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(data.chelsea()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tmp_path_factory):
+    """What training writes: a tiny classifier with labels, its image processor and all_results.json."""
+    folder = tmp_path_factory.mktemp("trained") / "clustr-tiny"
+    torch.manual_seed(0)
+    ClusTRForImageClassification(tiny_config(id2label=LABELS)).save_pretrained(folder)
+    ClusTRImageProcessor(size=64).save_pretrained(folder)
+    (folder / "all_results.json").write_text(json.dumps(MEASURED))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hub_folder(trained_folder, tmp_path_factory):
+    return assemble_hub_folder(trained_folder, tmp_path_factory.mktemp("hub") / "clustr-tiny", repo_id=REPO_ID,
+                               dataset=DATASET)
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(trained_folder):
+    """The in-process model's logits on the cat photo (decoded from the same JPEG bytes the other side gets)."""
+    model = ClusTRForImageClassification.from_pretrained(trained_folder).eval()
+    processor = ClusTRImageProcessor.from_pretrained(trained_folder)
+    pixel_values = processor(PIL.Image.open(io.BytesIO(cat_jpeg())), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        return {"logits": model(pixel_values).logits, "stage4": model.clustr(pixel_values).last_hidden_state}
+
+
+# ---------------------------------------------------------------------------------------------------------- cards
+
+def check_card_metadata(card: ModelCard) -> None:
+    """What the Hub needs to file the model under transformers / image classification, and nothing invented."""
+    metadata = card.data.to_dict()
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "image-classification"
+    assert metadata["pipeline_tag"] in PIPELINE_REGISTRY.get_supported_tasks()
+    assert metadata["license"] == "apache-2.0"
+    assert {"vision", "image-classification", "custom_code"} <= set(metadata["tags"])
+    assert metadata["metrics"] == ["accuracy"]
+    assert len(metadata["datasets"]) == 1
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_cards_validate_are_current_and_claim_no_results(variant):
+    path = ROOT / "model_cards" / f"clustr-{variant}.md"
+    card = ModelCard.load(path, ignore_metadata_errors=False)  # strict: any malformed field raises
+    check_card_metadata(card)
+    assert card.data.datasets == ["ILSVRC/imagenet-1k"]
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict()  # nothing measured
+    assert f"| parameters | {PARAMETERS[variant]:,} |" in card.text
+    assert "released **no pretrained weights**" in card.text and "convert_reference_checkpoint" in card.text
+    for usage in ("AutoModelForImageClassification.from_pretrained(repo_id, trust_remote_code=True)",
+                  'pipeline("image-classification", model=repo_id, trust_remote_code=True)',
+                  "AutoBackbone.from_pretrained(", "@article{xie2022clustr"):
+        assert usage in card.text
+    assert path.read_text() == str(variant_card(variant)), "stale card: run python -m clustr_hf.publishing model_cards"
+
+
+def test_trained_folder_card_reports_the_measured_results_and_only_those(hub_folder):
+    card = ModelCard.load(hub_folder / "README.md", ignore_metadata_errors=False)
+    check_card_metadata(card)
+    assert card.data.datasets == [DATASET]
+    results = {result.metric_name: result for result in card.data.eval_results}
+    assert {name: result.metric_value for name, result in results.items()} == {
+        "Top-1 accuracy": 0.75, "Top-5 accuracy": 1.0}
+    assert all(result.dataset_type == DATASET and result.dataset_split == "validation" and
+               result.task_type == "image-classification" for result in results.values())
+    assert card.data.model_name == "clustr-tiny"
+    assert "| Top-1 accuracy | 0.7500 (75.00%) |" in card.text and "(4 images)" in card.text
+    parameters = sum(p.numel() for p in ClusTRForImageClassification(tiny_config(id2label=LABELS)).parameters())
+    assert f"| parameters | {parameters:,} |" in card.text
+    assert "| classes | 3 (cat, coffee, rocket) |" in card.text and f'repo_id = "{REPO_ID}"' in card.text
+
+
+def test_folder_without_results_gets_no_model_index(trained_folder, tmp_path):
+    source = shutil.copytree(trained_folder, tmp_path / "converted", ignore=shutil.ignore_patterns("*results.json"))
+    folder = assemble_hub_folder(source, tmp_path / "hub", repo_id=REPO_ID)
+    card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+    assert card.data.eval_results is None and "model-index" not in card.data.to_dict() and card.data.datasets is None
+    assert "so this card claims none" in card.text
+
+
+def test_reference_checkpoint_publishes_in_one_step(tmp_path):
+    state = reference_state_dict(ClusTRConfig.from_variant("b0"), num_labels=7)
+    torch.save({"model": state}, tmp_path / "clustr_b0.pth")
+    folder = assemble_hub_folder(tmp_path / "clustr_b0.pth", tmp_path / "hub", repo_id="test-user/clustr-b0",
+                                 variant="b0", dataset="ILSVRC/imagenet-1k")
+    weights = load_file(folder / "model.safetensors")
+    expected = convert_reference_state_dict(state)
+    assert set(weights) == set(expected) and all(torch.equal(weights[name], expected[name]) for name in expected)
+    card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+    assert card.data.datasets == ["ILSVRC/imagenet-1k"] and card.data.eval_results is None
+    assert "| variant | b0 (" in card.text and "| classes | 7 |" in card.text
+    assert json.loads((folder / "preprocessor_config.json").read_text())["size"] == {"shortest_edge": 224}
+
+
+def test_a_folder_with_a_built_in_image_processor_keeps_it(trained_folder, tmp_path):
+    source = shutil.copytree(trained_folder, tmp_path / "convnext", ignore=shutil.ignore_patterns("pre*", "*.py"))
+    ConvNextImageProcessor(size={"shortest_edge": 48}, crop_pct=0.875).save_pretrained(source)
+    folder = assemble_hub_folder(source, tmp_path / "hub", repo_id=REPO_ID, dataset=DATASET)
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "ConvNextImageProcessor" and "auto_map" not in processor
+    assert "| input | 48x48 RGB (ConvNextImageProcessor): shorter side resized to 54 (bicubic)" in (
+        folder / "README.md").read_text()
+
+
+def test_readme_card_excerpt_is_taken_from_the_b2_card():
+    section = (ROOT / "README.md").read_text().split("## Publishing to the Hub", 1)[1]
+    excerpt = re.search(r"```markdown\n(.*?)```", section, re.S).group(1)
+    card = (ROOT / "model_cards" / "clustr-b2.md").read_text()
+    for part in excerpt.split("...\n"):
+        assert part in card, part
+
+
+# --------------------------------------------------------------------------------------------------- the folder
+
+def test_assembled_folder_holds_weights_config_code_card_and_handler(hub_folder, trained_folder):
+    assert {path.name for path in hub_folder.iterdir()} == HUB_FILE_NAMES
+    config = json.loads((hub_folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_clustr.ClusTRConfig",
+        "AutoModel": "modeling_clustr.ClusTRModel",
+        "AutoModelForImageClassification": "modeling_clustr.ClusTRForImageClassification",
+        "AutoBackbone": "modeling_clustr.ClusTRBackbone",
+    }
+    assert config["id2label"] == {str(k): v for k, v in LABELS.items()}
+    processor = json.loads((hub_folder / "preprocessor_config.json").read_text())
+    assert processor["auto_map"]["AutoImageProcessor"] == {
+        "torchvision": "image_processing_clustr.ClusTRImageProcessor",
+        "pil": "image_processing_clustr.ClusTRImageProcessorPil",
+    }
+    assert processor["size"] == {"shortest_edge": 64}
+    for name in ("configuration_clustr.py", "modeling_clustr.py", "clustering.py", "image_processing_clustr.py"):
+        assert (hub_folder / name).read_bytes() == (ROOT / "clustr_hf" / name).read_bytes()
+    assert (hub_folder / "handler.py").read_bytes() == HANDLER_PATH.read_bytes()
+    assert (hub_folder / "all_results.json").read_bytes() == (trained_folder / "all_results.json").read_bytes()
+    assert re.fullmatch(r"transformers>=5\.\d+,<6\n", (hub_folder / "requirements.txt").read_text())
+
+
+# Runs through conftest.run_without_clustr_hf, which puts site-packages back as sys.argv[1].
+FRESH_PROCESS = r"""
+import importlib.util, re, sys
+import PIL.Image
+import torch
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+folder, repo_id, results_path = sys.argv[2:5]
+results = {}
+image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    results["logits"] = model(**image_processor(PIL.Image.open("cat.jpg"), return_tensors="pt")).logits
+results["modules"] = [type(obj).__module__ for obj in (image_processor, model, model.config)]
+
+# The card's classifier and pipeline examples as written, but for the local folder in place of the Hub id.
+examples = re.findall(r"```python\n(.*?)```", open(f"{folder}/README.md").read(), re.S)
+namespace = {}
+for example in examples[:2]:
+    exec(example.replace(f'"{repo_id}"', repr(folder)), namespace)
+results["card_logits"] = namespace["logits"]
+results["card_pipeline"] = namespace["classify"]("cat.jpg")
+
+# The card's backbone example loads by Hub id; AutoBackbone.from_pretrained(<local folder>) fails in transformers 5.24
+# (it asks the Hub whether the path is a repo), so take the class from the same auto_map entry through from_config.
+out_features = ["stage1", "stage2", "stage3", "stage4"]
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True, out_features=out_features)
+backbone = type(AutoBackbone.from_config(config, trust_remote_code=True)).from_pretrained(
+    folder, out_features=out_features).eval()
+with torch.no_grad():
+    results["feature_maps"] = backbone(**image_processor(PIL.Image.open("cat.jpg"), return_tensors="pt")).feature_maps
+
+# The handler as Inference Endpoints load it: handler.py imported from the repository folder.
+spec = importlib.util.spec_from_file_location("handler", f"{folder}/handler.py")
+handler_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(handler_module)
+results["handler"] = handler_module.EndpointHandler(folder)({"inputs": open("cat.jpg", "rb").read()})
+torch.save(results, results_path)
+"""
+
+
+def test_assembled_folder_loads_as_remote_code_in_a_fresh_process_without_clustr_hf(
+        hub_folder, reference_outputs, tmp_path):
+    elsewhere = shutil.copytree(hub_folder, tmp_path / "elsewhere" / "downloaded")
+    (tmp_path / "cat.jpg").write_bytes(cat_jpeg())
+    results_path = tmp_path / "results.pt"
+    completed = run_without_clustr_hf(FRESH_PROCESS, str(elsewhere), REPO_ID, str(results_path), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = torch.load(results_path, weights_only=False)
+
+    assert all(module.startswith("transformers_modules.") for module in results["modules"]), results["modules"]
+    logits = reference_outputs["logits"]
+    torch.testing.assert_close(results["logits"], logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results["card_logits"], logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results["feature_maps"][-1], reference_outputs["stage4"], atol=1e-6, rtol=1e-5)
+    assert [tuple(feature_map.shape[1:2]) for feature_map in results["feature_maps"]] == [(8,), (16,), (24,), (32,)]
+    scores = logits[0].softmax(-1)
+    ranked = [(LABELS[int(index)], scores[index].item()) for index in scores.argsort(descending=True)]
+    for answer in (results["card_pipeline"], results["handler"]):
+        assert [entry["label"] for entry in answer] == [label for label, _ in ranked]
+        np.testing.assert_allclose([entry["score"] for entry in answer], [score for _, score in ranked], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------ handler
+
+@pytest.fixture(scope="module")
+def endpoint_handler(hub_folder):
+    return EndpointHandler(str(hub_folder))
+
+
+def test_handler_classifies_a_real_photo_with_the_models_softmax(endpoint_handler, reference_outputs):
+    jpeg = cat_jpeg()
+    encoded = base64.b64encode(jpeg).decode()
+    pixels = np.asarray(PIL.Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    for inputs in (bytearray(jpeg), f"data:image/jpeg;base64,{encoded}",
+                   PIL.Image.open(io.BytesIO(jpeg))):  # the last is what the toolkit makes of an image/jpeg body
+        np.testing.assert_array_equal(np.asarray(decode_image(inputs)), pixels)
+    scores = reference_outputs["logits"][0].softmax(-1)
+    expected = sorted(((LABELS[index], scores[index].item()) for index in range(3)), key=lambda pair: -pair[1])
+    for inputs in (jpeg, encoded):
+        answer = endpoint_handler({"inputs": inputs})
+        assert [entry["label"] for entry in answer] == [label for label, _ in expected]
+        np.testing.assert_allclose([entry["score"] for entry in answer], [score for _, score in expected], rtol=1e-5)
+        assert all(set(entry) == {"label", "score"} and isinstance(entry["score"], float) for entry in answer)
+    top_one = endpoint_handler({"inputs": jpeg, "parameters": {"top_k": 1}})
+    assert [entry["label"] for entry in top_one] == [expected[0][0]]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"inputs": b""}, "'inputs' is empty (0 bytes)"),
+    ({"inputs": ""}, "'inputs' is an empty string"),
+    ({"inputs": b"this is not an image"}, "is not an image file PIL can read"),
+    ({"inputs": base64.b64encode(b"%PDF-1.7 not an image").decode()}, "is not an image file PIL can read"),
+    ({"inputs": "cat.jpg"}, "is a string but not base64"),
+    ({"inputs": 42}, "'inputs' is a int, not an image"),
+    ({"image": b"..."}, "The request has no 'inputs'"),
+    ({"inputs": "data:image/png;base64,"}, "'inputs' is an empty string"),
+])
+def test_handler_rejects_bad_input_with_a_clear_error(endpoint_handler, data, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        endpoint_handler(data)
+    assert "send the image file itself" in str(error.value)
+
+
+def test_handler_rejects_bad_parameters(endpoint_handler):
+    with pytest.raises(ValueError, match=re.escape("parameters.top_k=0 must be a positive integer")):
+        endpoint_handler({"inputs": cat_jpeg(), "parameters": {"top_k": 0}})
+    with pytest.raises(ValueError, match=re.escape("'parameters' must be an object such as {\"top_k\": 3}, got 3")):
+        endpoint_handler({"inputs": cat_jpeg(), "parameters": 3})
+
+
+# ------------------------------------------------------------------------------------------- errors on assembly
+
+def test_assembly_errors_name_the_problem(trained_folder, tmp_path):
+    no_weights = shutil.copytree(trained_folder, tmp_path / "no_weights",
+                                 ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(FileNotFoundError, match="has a config.json but no weights"):
+        assemble_hub_folder(no_weights, tmp_path / "out1", repo_id=REPO_ID, dataset=DATASET)
+    other_model = shutil.copytree(trained_folder, tmp_path / "vit")
+    (other_model / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(ValueError, match="holds a 'vit' model, not a ClusTR one"):
+        assemble_hub_folder(other_model, tmp_path / "out2", repo_id=REPO_ID)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is not a ClusTR model folder: it has no config.json"):
+        assemble_hub_folder(tmp_path / "empty", tmp_path / "out3", repo_id=REPO_ID)
+    with pytest.raises(ValueError, match="name the dataset they were measured on"):
+        assemble_hub_folder(trained_folder, tmp_path / "out4", repo_id=REPO_ID)
+    (tmp_path / "out5").mkdir()
+    (tmp_path / "out5" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not empty"):
+        assemble_hub_folder(trained_folder, tmp_path / "out5", repo_id=REPO_ID, dataset=DATASET)
+    assert [path.name for path in (tmp_path / "out5").iterdir()] == ["keep.txt"]
+    assert not any((tmp_path / f"out{i}").exists() for i in range(1, 5))
+
+
+# ------------------------------------------------------------------------------------------- the stand-in Hub
+
+class StandInHub(ThreadingHTTPServer):
+    """The few endpoints of the Hub's HTTP API that create_repo, create_branch and upload_folder call when Xet is off:
+    repo creation, README validation, branches, preupload, the LFS batch API with upload and verify, and commit.
+    It keeps what arrives, and can be told to fail one endpoint."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), StandInHubRequestHandler)
+        self.endpoint = f"http://127.0.0.1:{self.server_port}"
+        self.repos = {}  # repo id -> {"visibility": ..., "branches": {name: {path: bytes}}}
+        self.lfs_objects = {}  # sha256 -> bytes
+        self.regular_files = []  # paths committed as regular (base64) files
+        self.commits = []  # (repo id, branch, summary)
+        self.calls = []  # endpoint names in order
+        self.failures = {}  # endpoint name -> (status, message)
+
+
+class StandInHubRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    ROUTES = [
+        ("POST", r"/api/repos/create", "create"),
+        ("POST", r"/api/validate-yaml", "validate-yaml"),
+        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<revision>[^/]+)", "branch"),
+        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<revision>[^/]+)", "preupload"),
+        ("POST", r"/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", "lfs-batch"),
+        ("PUT", r"/stand-in-lfs/(?P<oid>[0-9a-f]{64})", "lfs-upload"),
+        ("POST", r"/stand-in-lfs/(?P<oid>[0-9a-f]{64})/verify", "lfs-verify"),
+        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<revision>[^/]+)", "commit"),
+    ]
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.dispatch("POST")
+
+    def do_PUT(self):
+        self.dispatch("PUT")
+
+    def do_GET(self):
+        self.dispatch("GET")
+
+    def body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def reply(self, status: int, payload: dict) -> None:
+        content = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def dispatch(self, method: str) -> None:
+        body = self.body()
+        path = urlparse(self.path).path
+        for route_method, pattern, name in self.ROUTES:
+            if method == route_method and (match := re.fullmatch(pattern, path)):
+                break
+        else:
+            return self.reply(404, {"error": f"Not found: {method} {path}"})
+        self.server.calls.append(name)
+        if name in self.server.failures:
+            status, message = self.server.failures[name]
+            return self.reply(status, {"error": message})
+        if not name.startswith("lfs-") and self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return self.reply(401, {"error": "Invalid credentials in Authorization header"})
+        arguments = {key: unquote(value) for key, value in match.groupdict().items()}
+        getattr(self, "handle_" + name.replace("-", "_"))(body, **arguments)
+
+    def handle_create(self, body):
+        request = json.loads(body)
+        repo_id = f"{request.get('organization') or 'test-user'}/{request['name']}"
+        if repo_id in self.server.repos:
+            return self.reply(409, {"error": "You already created this model repo", "url": self.url(repo_id)})
+        self.server.repos[repo_id] = {"visibility": request.get("visibility"), "branches": {"main": {}}}
+        self.reply(200, {"url": self.url(repo_id)})
+
+    def handle_validate_yaml(self, body):
+        try:
+            ModelCard(json.loads(body)["content"], ignore_metadata_errors=False)
+        except ValueError as error:
+            return self.reply(400, {"errors": [{"message": str(error)}]})
+        self.reply(200, {"errors": [], "warnings": []})
+
+    def handle_branch(self, body, repo, revision):
+        branches = self.server.repos[repo]["branches"]
+        if revision in branches:
+            return self.reply(409, {"error": "Branch already exists"})
+        branches[revision] = dict(branches["main"])
+        self.reply(200, {})
+
+    def handle_preupload(self, body, repo, revision):
+        if revision not in self.server.repos.get(repo, {}).get("branches", {}):
+            return self.reply(404, {"error": f"Revision not found: {revision}"})
+        files = json.loads(body)["files"]
+        self.reply(200, {"files": [
+            {"path": file["path"], "uploadMode": "lfs" if file["path"].endswith(".safetensors") else "regular",
+             "shouldIgnore": False, "oid": None}
+            for file in files
+        ]})
+
+    def handle_lfs_batch(self, body, repo):
+        objects = json.loads(body)["objects"]
+        self.reply(200, {"transfer": "basic", "objects": [
+            {"oid": obj["oid"], "size": obj["size"], "authenticated": True, "actions": {
+                "upload": {"href": f"{self.server.endpoint}/stand-in-lfs/{obj['oid']}"},
+                "verify": {"href": f"{self.server.endpoint}/stand-in-lfs/{obj['oid']}/verify"},
+            }}
+            for obj in objects
+        ]})
+
+    def handle_lfs_upload(self, body, oid):
+        if hashlib.sha256(body).hexdigest() != oid:
+            return self.reply(400, {"error": "Content does not match its sha256"})
+        self.server.lfs_objects[oid] = body
+        self.reply(200, {})
+
+    def handle_lfs_verify(self, body, oid):
+        request = json.loads(body)
+        if len(self.server.lfs_objects.get(oid, b"")) != request["size"] or not request["size"]:
+            return self.reply(404, {"error": f"LFS object {oid} was not uploaded"})
+        self.reply(200, {})
+
+    def handle_commit(self, body, repo, revision):
+        lines = [json.loads(line) for line in body.decode().splitlines() if line]
+        files = {}
+        for line in lines[1:]:
+            value = line["value"]
+            if line["key"] == "file":
+                files[value["path"]] = base64.b64decode(value["content"])
+                self.server.regular_files.append(value["path"])
+            elif line["key"] == "lfsFile":
+                if value["oid"] not in self.server.lfs_objects:
+                    return self.reply(422, {"error": f"LFS object of {value['path']} was never uploaded"})
+                files[value["path"]] = self.server.lfs_objects[value["oid"]]
+        self.server.repos[repo]["branches"][revision].update(files)
+        self.server.commits.append((repo, revision, lines[0]["value"]["summary"]))
+        oid = hashlib.sha1(body).hexdigest()
+        self.reply(200, {"commitUrl": f"{self.url(repo)}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
+
+    def url(self, repo_id: str) -> str:
+        return f"{self.server.endpoint}/{repo_id}"
+
+
+@pytest.fixture
+def stand_in_hub(monkeypatch, tmp_path):
+    """huggingface_hub pointed at a StandInHub: online, Xet off (plain preupload + LFS + commit), a token in HF_TOKEN
+    and no token file."""
+    server = StandInHub()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def push_to_hub_cli():
+    """examples/push_to_hub.py's main()."""
+    spec = importlib.util.spec_from_file_location("push_to_hub", ROOT / "examples" / "push_to_hub.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_push_to_hub_uploads_every_file_of_the_folder(stand_in_hub, trained_folder, tmp_path, capsys):
+    output_dir = tmp_path / "hub"
+    status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--output-dir", str(output_dir),
+                                "--dataset", DATASET, "--private", "--commit-message", "First ClusTR upload"])
+    assert status == 0, capsys.readouterr().err
+    repo = stand_in_hub.repos[REPO_ID]
+    assert repo["visibility"] == "private"
+    assert repo["branches"]["main"] == folder_contents(output_dir)
+    assert set(repo["branches"]["main"]) == HUB_FILE_NAMES
+    weights = (output_dir / "model.safetensors").read_bytes()
+    assert stand_in_hub.lfs_objects == {hashlib.sha256(weights).hexdigest(): weights}  # weights went through LFS
+    assert "model.safetensors" not in stand_in_hub.regular_files and "README.md" in stand_in_hub.regular_files
+    assert stand_in_hub.commits == [(REPO_ID, "main", "First ClusTR upload")]
+    assert stand_in_hub.calls[0] == "create" and stand_in_hub.calls[-1] == "commit"
+    assert {"preupload", "lfs-batch", "lfs-upload", "lfs-verify", "validate-yaml"} <= set(stand_in_hub.calls)
+    assert f"Uploaded: {stand_in_hub.endpoint}/{REPO_ID}/commit/" in capsys.readouterr().out
+
+
+def test_upload_to_a_revision_creates_the_branch(stand_in_hub, hub_folder):
+    commit = upload_hub_folder(hub_folder, REPO_ID, revision="experiment-1")
+    branches = stand_in_hub.repos[REPO_ID]["branches"]
+    assert branches["experiment-1"] == folder_contents(hub_folder) and branches["main"] == {}
+    assert stand_in_hub.repos[REPO_ID]["visibility"] == "public"
+    assert commit.oid in commit.commit_url and stand_in_hub.commits[0][:2] == (REPO_ID, "experiment-1")
+
+
+@pytest.mark.parametrize("endpoint, status, message, step", [
+    ("commit", 500, "Internal error while committing", "while uploading"),
+    ("create", 403, "You don't have the rights to create a model under the namespace", "while creating the repository"),
+    ("lfs-upload", 400, "Upload rejected by storage", "Error while uploading 'model.safetensors'"),
+])
+def test_failed_upload_says_what_failed_and_leaves_the_folder_intact(
+        stand_in_hub, hub_folder, endpoint, status, message, step):
+    before = folder_contents(hub_folder)
+    stand_in_hub.failures[endpoint] = (status, message)
+    with pytest.raises(PublishError) as error:
+        upload_hub_folder(hub_folder, REPO_ID)
+    assert step in str(error.value) and message in str(error.value) and str(status) in str(error.value)
+    assert f"The assembled folder {hub_folder} is unchanged" in str(error.value)
+    assert folder_contents(hub_folder) == before
+    assert stand_in_hub.commits == []
+    stand_in_hub.failures.clear()  # the cause is fixed: the command the error names uploads the same folder
+    command = shlex.split(str(error.value).rsplit("python examples/push_to_hub.py ", 1)[1])
+    assert push_to_hub_cli()(command) == 0
+    assert stand_in_hub.repos[REPO_ID]["branches"]["main"] == before
+
+
+def test_no_token_is_a_clear_error_before_any_request(stand_in_hub, hub_folder, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(PublishError, match=re.escape("No Hugging Face token: set HF_TOKEN or run `hf auth login`")):
+        upload_hub_folder(hub_folder, REPO_ID)
+    assert stand_in_hub.calls == []
+
+
+def test_dry_run_writes_the_folder_and_sends_nothing(stand_in_hub, trained_folder, tmp_path, capsys):
+    output_dir = tmp_path / "dry"
+    status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--output-dir", str(output_dir),
+                                "--dataset", DATASET, "--dry-run"])
+    assert status == 0 and {path.name for path in output_dir.iterdir()} == HUB_FILE_NAMES
+    assert stand_in_hub.calls == []
+    assert f"Wrote the Hub folder {output_dir}" in capsys.readouterr().out
+    status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--output-dir", str(output_dir)])
+    assert status == 2 and "is not empty" in capsys.readouterr().err
+    status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--upload-only"])
+    assert status == 2 and "is not an assembled Hub folder (missing README.md, handler.py" in capsys.readouterr().err
+    assert stand_in_hub.calls == []

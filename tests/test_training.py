@@ -1,0 +1,401 @@
+"""Training: offline data, recipe flags, augmentation seeding, loss, metric, both example scripts, and checkpoints
+that resume exactly, refuse to be overwritten and fail clearly when corrupt or incompatible."""
+
+import gzip
+import hashlib
+import json
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from training_helpers import (
+    DIGIT_LABELS,
+    finish,
+    run_no_trainer,
+    save_tiny_classifier,
+    start_no_trainer,
+    tiny_run_flags,
+)
+
+from clustr_hf import ClusTRForImageClassification
+from clustr_hf.training_utils import (
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_LABELS,
+    CheckpointError,
+    DataArguments,
+    EpochSampler,
+    ImageCollator,
+    ModelArguments,
+    RecipeArguments,
+    TransformedImageDataset,
+    build_train_transform,
+    class_names,
+    classification_loss,
+    default_image_processor,
+    list_checkpoints,
+    load_digits_dataset,
+    load_fashion_mnist_dataset,
+    load_image_dataset,
+    load_top_k_accuracy,
+    optimizer_parameter_groups,
+    parse_arguments,
+    read_idx,
+    scheduler_kwargs,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose much to it when other work shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def test_digits_are_a_fixed_stratified_split_of_real_images():
+    first, second = load_digits_dataset(), load_digits_dataset()
+    assert (len(first["train"]), len(first["validation"])) == (1437, 360)
+    assert first["validation"]["label"] == second["validation"]["label"]
+    counts = np.bincount(first["validation"]["label"], minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # stratified: 36 +- 1 of each digit
+    image = first["train"][0]["image"]
+    assert image.size == (8, 8) and np.asarray(image).max() > 200  # real strokes, rescaled from 0..16 to 0..255
+    assert class_names(first, "label") == DIGIT_LABELS
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_loads_from_idx_files(tmp_path):
+    source = Path(FASHION_MNIST_DIR)
+    for split, count in (("train", 30), ("t10k", 12)):
+        images = read_idx(source / f"{split}-images-idx3-ubyte.gz")[:count]
+        labels = read_idx(source / f"{split}-labels-idx1-ubyte.gz")[:count]
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+    dataset = load_fashion_mnist_dataset(tmp_path)
+    assert (len(dataset["train"]), len(dataset["test"])) == (30, 12)
+    assert dataset["train"].features["label"].names == list(FASHION_MNIST_LABELS)
+    np.testing.assert_array_equal(np.asarray(dataset["test"][5]["image"]), images[5])
+    assert dataset["test"][5]["label"] == labels[5]
+    # the script's view: the test split becomes the validation split
+    saved = load_image_dataset(DataArguments(dataset_name=str(_saved(dataset, tmp_path / "saved"))))
+    assert len(saved["validation"]) == 12
+
+
+def _saved(dataset, folder: Path) -> Path:
+    dataset.save_to_disk(folder)
+    return folder
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_fashion_mnist_dataset(tmp_path)
+
+
+def test_imagefolder_and_saved_datasets(tmp_path):
+    digits = load_digits_dataset()
+    for split, source in (("train", digits["train"]), ("validation", digits["validation"])):
+        for index in range(8):
+            example = source[index]
+            folder = tmp_path / split / f"digit_{example['label']}"
+            folder.mkdir(parents=True, exist_ok=True)
+            example["image"].save(folder / f"{index}.png")
+    dataset = load_image_dataset(DataArguments(train_dir=str(tmp_path / "train"),
+                                               validation_dir=str(tmp_path / "validation")))
+    assert (len(dataset["train"]), len(dataset["validation"])) == (8, 8)
+    names = class_names(dataset, "label")
+    assert all(name.startswith("digit_") for name in names)
+    assert set(names) == {f"digit_{label}" for label in digits["train"][:8]["label"]}
+    assert dataset["train"][0]["image"].size == (8, 8)
+
+    saved = load_image_dataset(DataArguments(dataset_name=str(_saved(digits, tmp_path / "digits_saved")),
+                                             max_train_samples=20))
+    assert len(saved["train"]) == 20 and len(saved["validation"]) == 360
+
+    with pytest.raises(ValueError, match="--label_column_name"):
+        load_image_dataset(DataArguments(label_column_name="digit"))
+    with pytest.raises(ValueError, match="--train_dir"):
+        load_image_dataset(DataArguments(dataset_name=str(tmp_path / "train")))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Recipe, transforms, sampling, loss, metric
+
+
+def test_recipe_sets_defaults_that_explicit_flags_override():
+    from run_image_classification_no_trainer import LoopArguments
+
+    model, _, recipe, loop = parse_arguments(
+        [ModelArguments, DataArguments, RecipeArguments, LoopArguments],
+        ["--recipe", "imagenet", "--output_dir", "out", "--label_smoothing", "0.2"],
+    )
+    assert (loop.learning_rate, recipe.lr_base_batch_size, loop.weight_decay) == (5e-4, 512, 0.05)
+    assert (loop.lr_scheduler_type, recipe.min_learning_rate, recipe.warmup_start_learning_rate,
+            recipe.warmup_epochs, loop.num_train_epochs) == ("cosine_warmup_with_min_lr", 1e-5, 1e-6, 5, 300)
+    assert (recipe.rand_augment_magnitude, recipe.random_erasing_prob, recipe.mixup_alpha, recipe.cutmix_alpha,
+            recipe.repeated_augmentations, model.image_size) == (9, 0.25, 0.8, 1.0, 3, 224)
+    assert recipe.label_smoothing == 0.2  # the explicit flag wins
+    assert loop.max_grad_norm == 0.0  # clipping is for b3 only
+    *_, b3_loop = parse_arguments([ModelArguments, DataArguments, RecipeArguments, LoopArguments],
+                                  ["--recipe", "imagenet", "--model_name_or_path", "b3", "--output_dir", "out"])
+    assert b3_loop.max_grad_norm == 1.0
+
+    from transformers import TrainingArguments
+
+    *_, training = parse_arguments([ModelArguments, DataArguments, RecipeArguments, TrainingArguments],
+                                   ["--recipe", "imagenet", "--output_dir", "out"])
+    assert (training.learning_rate, training.weight_decay, training.num_train_epochs) == (5e-4, 0.05, 300)
+    with pytest.raises(ValueError, match="Unknown recipe"):
+        parse_arguments([RecipeArguments], ["--recipe", "cifar"])
+
+
+def test_warmup_from_start_rate_then_cosine_to_min_rate():
+    from transformers import get_scheduler
+
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=4e-4)
+    recipe = RecipeArguments(min_learning_rate=1e-5, warmup_start_learning_rate=1e-6)
+    scheduler = get_scheduler("cosine_warmup_with_min_lr", optimizer, num_warmup_steps=10, num_training_steps=110,
+                              scheduler_specific_kwargs=scheduler_kwargs("cosine_warmup_with_min_lr", 4e-4, recipe))
+    rates = []
+    for _ in range(110):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-6)
+    assert rates[9] == pytest.approx(4e-4)  # the warm-up reaches the peak on its last step
+    assert rates[-1] == pytest.approx(1e-5, rel=0.01)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    with pytest.raises(ValueError, match="--min_learning_rate"):
+        scheduler_kwargs("cosine_with_min_lr", 4e-4, RecipeArguments())
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    from conftest import tiny_config
+
+    model = ClusTRForImageClassification(tiny_config())
+    decay, no_decay = optimizer_parameter_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert {names[id(p)] for p in no_decay["params"]} == {
+        name for name, p in model.named_parameters() if name.endswith("bias") or "layer_norm" in name
+    }
+    assert all(p.dim() >= 2 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_epoch_sampler_orders_and_repeats():
+    sampler = EpochSampler(10, seed=1)
+    first = list(sampler)
+    assert list(sampler) == first and sorted(index for index, _ in first) == list(range(10))
+    sampler.set_epoch(1)
+    assert [index for index, _ in sampler] != [index for index, _ in first]
+
+    repeated = list(EpochSampler(12, seed=1, repeats=3))
+    assert len(repeated) == 12
+    for position in range(0, 12, 3):
+        triple = repeated[position : position + 3]
+        assert len({index for index, _ in triple}) == 1 and len({seed for _, seed in triple}) == 3
+    assert len({index for index, _ in repeated}) == 4
+
+
+def test_augmentation_depends_only_on_the_sample_seed():
+    processor = default_image_processor(32)
+    recipe = RecipeArguments(rand_augment_magnitude=9, random_erasing_prob=0.5, color_jitter=0.4)
+    dataset = TransformedImageDataset(load_digits_dataset()["train"], build_train_transform(recipe, processor))
+    state = torch.get_rng_state()
+    a, b, c = dataset[(3, 1234)], dataset[(3, 1234)], dataset[(3, 99)]
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
+    assert a["pixel_values"].shape == (3, 32, 32) and a["labels"] == dataset.dataset[3]["label"]
+    assert torch.equal(a["pixel_values"], b["pixel_values"])
+    assert not torch.equal(a["pixel_values"], c["pixel_values"])
+
+    collate = ImageCollator(10, mixup_alpha=0.8, cutmix_alpha=1.0)
+    batch = collate([dataset[(index, 7 + index)] for index in range(6)])
+    again = collate([dataset[(index, 7 + index)] for index in range(6)])
+    assert batch["labels"].shape == (6, 10)
+    torch.testing.assert_close(batch["labels"].sum(1), torch.ones(6))
+    assert torch.equal(batch["pixel_values"], again["pixel_values"]) and torch.equal(batch["labels"], again["labels"])
+    plain = ImageCollator(10)([dataset[3], dataset[4]])
+    assert plain["labels"].tolist() == [dataset.dataset[3]["label"], dataset.dataset[4]["label"]]
+
+
+def test_classification_loss_on_indices_and_soft_targets():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    labels = torch.tensor([0, 2])
+    expected = -torch.log_softmax(logits, -1)[[0, 1], [0, 2]]
+    torch.testing.assert_close(classification_loss(logits, labels), expected.mean())
+    torch.testing.assert_close(classification_loss(logits, labels, num_samples=4), expected.sum() / 4)
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    torch.testing.assert_close(classification_loss(logits, one_hot, 0.1), classification_loss(logits, labels, 0.1))
+    smoothed = -(torch.log_softmax(logits, -1) * (one_hot * 0.9 + 0.1 / 3)).sum(-1).mean()
+    torch.testing.assert_close(classification_loss(logits, labels, 0.1), smoothed)
+
+
+def test_top_k_accuracy_metric_loads_offline():
+    metric = load_top_k_accuracy()
+    logits = torch.tensor([[0.1, 0.9, 0.0, 0.3, 0.2, 0.5, 0.4], [0.9, 0.1, 0.8, 0.7, 0.6, 0.5, 0.0],
+                           [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+    ranked = logits.topk(5).indices
+    results = metric.compute(predictions=ranked.numpy(), references=[1, 5, 0])
+    assert results == {"accuracy": pytest.approx(1 / 3), "top5_accuracy": pytest.approx(2 / 3)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The scripts
+
+
+def _state_dict(folder: Path) -> dict:
+    return load_file(folder / "model.safetensors")
+
+
+def test_no_trainer_script_trains_and_saves_a_pipeline_ready_folder(tmp_path, tiny_model_dir):
+    from run_image_classification_no_trainer import main
+    from transformers import pipeline
+
+    output = tmp_path / "run"
+    results = main(tiny_run_flags(tiny_model_dir, output, "--recipe", "imagenet", "--image_size", "32",
+                                  "--max_train_steps", "6", "--per_device_train_batch_size", "8",
+                                  "--gradient_accumulation_steps", "2", "--with_tracking"))
+    assert results["train_steps"] == 6 and results["total_train_batch_size"] == 16
+    assert results["learning_rate"] == pytest.approx(3e-3 * 16 / 512)  # the recipe's linear scaling rule
+    assert 0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1 and math.isfinite(results["eval_loss"])
+    log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
+    epochs = [entry for entry in log if "eval_accuracy" in entry]
+    assert [entry["train_samples"] for entry in epochs] == [40, 40]  # 6 steps: 2 epochs of 5 batches of 8
+    assert all(entry["train_runtime"] > 0 and entry["train_cpu_time"] > 0 for entry in epochs)
+    before, after = _state_dict(tiny_model_dir), _state_dict(output)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert list((output / "tensorboard").rglob("events.out.tfevents.*"))
+    assert json.loads((output / "preprocessor_config.json").read_text())["size"] == {"shortest_edge": 32}
+
+    classifier = pipeline("image-classification", model=str(output))
+    image = load_digits_dataset()["validation"][0]["image"].convert("RGB")
+    predictions = classifier(image, top_k=3)
+    assert len(predictions) == 3 and {p["label"] for p in predictions} <= set(DIGIT_LABELS)
+    assert sum(p["score"] for p in predictions) <= 1 + 1e-6
+
+
+def test_trainer_script_trains_with_the_recipe_pieces(tmp_path, tiny_model_dir):
+    from run_image_classification import main
+
+    output = tmp_path / "trainer"
+    flags = [
+        "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(output), "--do_train", "--do_eval",
+        "--max_train_samples", "32", "--max_eval_samples", "16", "--max_steps", "4", "--per_device_train_batch_size",
+        "4", "--gradient_accumulation_steps", "2", "--learning_rate", "2e-3", "--lr_base_batch_size", "4",
+        "--lr_scheduler_type", "cosine_warmup_with_min_lr", "--min_learning_rate", "1e-5",
+        "--warmup_start_learning_rate", "1e-6", "--warmup_epochs", "0.5", "--mixup_alpha", "0.8", "--cutmix_alpha",
+        "1.0", "--label_smoothing", "0.1", "--rand_augment_magnitude", "9", "--repeated_augmentations", "2",
+        "--checkpointing_steps", "2", "--logging_steps", "1", "--report_to", "none", "--dataloader_pin_memory",
+        "false", "--use_cpu",
+    ]
+    metrics = main(flags)
+    assert 0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    # soft Mixup/CutMix targets are averaged per sample, not per label entry: the loss starts near ln(10)
+    assert len(losses) == 4 and 1.5 < losses[0] < 3.5
+    # 4 optimizer steps per epoch, so 2 warm-up steps from 1e-6 up to 2e-3 x total batch 8 / base 4
+    rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    assert rates[:2] == [pytest.approx(1e-6), pytest.approx(4e-3)]
+    assert (output / "model.safetensors").is_file() and (output / "preprocessor_config.json").is_file()
+
+    with pytest.raises(CheckpointError, match="checkpoint-2, .*checkpoint-4.* would overwrite"):
+        main(flags)
+    # a checkpoint without trainer_state.json (Trainer writes it last) is a partial write: 'latest' skips it
+    (output / "checkpoint-4" / "trainer_state.json").unlink()
+    main([*flags, "--resume_from_checkpoint", "latest"])
+    resumed = json.loads((output / "trainer_state.json").read_text())
+    assert resumed["global_step"] == 4
+    assert [entry["step"] for entry in resumed["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+
+
+def _checkpoint_run_flags(model_dir, output, *extra):
+    return tiny_run_flags(model_dir, output, "--max_train_steps", "24", "--checkpointing_steps", "3",
+                          "--per_device_train_batch_size", "4", "--drop_path_rate", "0.2", *extra)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    model_dir = save_tiny_classifier(tmp_path / "model")
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    reference = start_no_trainer(_checkpoint_run_flags(model_dir, uninterrupted))
+    process = start_no_trainer(_checkpoint_run_flags(model_dir, interrupted))
+    try:
+        deadline = time.monotonic() + 300
+        while not list_checkpoints(interrupted / "checkpoints") and time.monotonic() < deadline:
+            assert process.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.communicate()
+        finish(reference)
+    assert not (interrupted / "model.safetensors").exists(), "the run finished before it was killed"
+    steps = [step for step, _ in list_checkpoints(interrupted / "checkpoints")]
+    assert steps and max(steps) < 24
+
+    run_no_trainer(_checkpoint_run_flags(model_dir, interrupted, "--resume_from_checkpoint", "latest"))
+    expected, resumed = _state_dict(uninterrupted), _state_dict(interrupted)
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+    logs = [[json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+            for folder in (uninterrupted, interrupted)]
+    # the timing of an epoch covers the images trained since the process started it: the resumed one differs
+    timing = {"train_runtime", "train_cpu_time", "train_samples"}
+    logs = [[{key: value for key, value in entry.items() if key not in timing} for entry in log] for log in logs]
+    assert logs[0] == logs[1]  # nothing lost, nothing logged twice
+    assert json.loads((uninterrupted / "all_results.json").read_text()) == json.loads(
+        (interrupted / "all_results.json").read_text())
+
+
+def _digests(folder: Path) -> dict:
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_bad_checkpoints_fail_clearly_and_nothing_is_overwritten(tmp_path, tiny_model_dir):
+    from run_image_classification_no_trainer import main
+
+    output = tmp_path / "run"
+    flags = tiny_run_flags(tiny_model_dir, output, "--max_train_steps", "4", "--checkpointing_steps", "2",
+                           "--per_device_train_batch_size", "8")
+    main(flags)
+    checkpoints = output / "checkpoints"
+    assert [step for step, _ in list_checkpoints(checkpoints)] == [2, 4]
+
+    with pytest.raises(CheckpointError, match="would overwrite"):
+        main(flags)
+    with pytest.raises(CheckpointError, match="per_device_train_batch_size is 8 in the checkpoint but 4 now"):
+        main([*flags[:-2], "--per_device_train_batch_size", "4", "--resume_from_checkpoint", "latest"])
+
+    (checkpoints / "step_4" / "model.safetensors").write_bytes(b"not a safetensors file")
+    before = _digests(output)
+    with pytest.raises(CheckpointError, match="(?s)step_4 is corrupt.*step_2"):
+        main([*flags, "--resume_from_checkpoint", "latest"])
+    (checkpoints / "step_6.partial").mkdir()
+    with pytest.raises(CheckpointError, match="step_6.partial is not a complete checkpoint.*step_2.*step_4"):
+        main([*flags, "--resume_from_checkpoint", str(checkpoints / "step_6.partial")])
+    assert _digests(output) == before  # the failed resumes wrote nothing
