@@ -11,12 +11,12 @@ GEMM, reduced at once, so memory is O(chunk_size * N) per image. Three passes:
 
 Float32 prunes, float64 decides. A float32 GEMM's rounding (relative to the tokens' norms, not to their distances)
 would otherwise decide between near-equal distances that the float64 reference tells apart, as flat image regions
-produce by the hundred. So pass 1 keeps `2k` float32 candidates, recomputes their distances by direct float64
-differences (equal tokens exactly 0 apart) and certifies with a rigorous float32 rounding bound that no other token can
-be nearer; the rows it cannot certify are redone with a float64 GEMM. Passes 2 and 3 run in float64 (they cost a small
-fraction of pass 1). The redone rows and the searched peaks are data-dependent subsets; under tracing or export every
-row is redone or searched instead, the same result with static shapes. The batch only batches the GEMMs: every image
-is clustered on its own.
+produce by the hundred. So pass 1 keeps `2k` float32 candidates per token, recomputes their distances by direct
+float64 differences (equal tokens exactly 0 apart) and certifies, with a rigorous bound on the float32 rounding, that
+no other token is nearer; pass 3 certifies that the runner-up centre is farther by more than twice the bound. The
+tokens either pass cannot certify are redone with a float64 GEMM, as are pass 2's searches (few rows). The redone
+tokens and the searched peaks are data-dependent subsets; under tracing or export every token is redone and searched
+instead, the same result with static shapes. The batch only batches the GEMMs: every image is clustered on its own.
 """
 
 import math
@@ -44,7 +44,9 @@ def is_static() -> bool:
 def rows_where(mask):
     """Ascending indices (B, S) of the rows where `mask` (B, N) holds, S the largest count of the batch (shorter lists
     padded with other rows); every row when shapes must be static."""
-    count = mask.shape[1] if is_static() else int(mask.sum(1).max())
+    if is_static():
+        return torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    count = int(mask.sum(1).max())
     return torch.argsort(~mask, dim=1, stable=True)[:, :count].sort(dim=1).values
 
 
@@ -155,13 +157,18 @@ def decide_rows(decide, precisions, batch_size: int, num_tokens: int, device):
     next precision for the tokens it left uncertain, image by image so that only those are computed.
 
     `decide` gets a slice `images` of the batch and token indices `rows` (b, R) of those images, and returns (b, R, ...)
-    tensors, the last of them the (b, R) uncertainty. The last precision's answers are final.
+    tensors, the last of them the (b, R) uncertainty. The last precision's answers are final. When shapes must be
+    static, every token is redone.
     """
     rows = torch.arange(num_tokens, device=device).expand(batch_size, -1)
     first, *finer = precisions
     results = decide(first, slice(None), rows)
     for operands in finer:
-        if not is_static() and not results[-1].any():
+        if is_static():  # every token redone, the whole batch at once: no shape depends on the data or batch size
+            redone = decide(operands, slice(None), rows)
+            results = tuple(replace_rows(old, rows, results[-1], new) for old, new in zip(results, redone))
+            continue
+        if not results[-1].any():
             break
         images = []
         for image in range(batch_size):
@@ -187,11 +194,11 @@ def nearest_neighbours(tokens, precisions, k: int, chunk_size: int) -> Neighbour
     def decide(operands, images, rows):
         image_operands = Operands(*(values[images] for values in operands))
         neighbours = listed_neighbours(tokens[images], image_operands, rows, count, chunk_size)
-        return (*neighbours, neighbours.distance.kthvalue(k, dim=-1).values > neighbours.radius)
+        return (*neighbours, neighbours.distance.topk(k, dim=-1, largest=False).values[..., -1] > neighbours.radius)
 
     *neighbours, _ = decide_rows(decide, precisions, *tokens.shape[:2], tokens.device)
     index, distance, radius = neighbours
-    order = distance.argsort(dim=-1, stable=True)
+    order = torch.sort(distance, dim=-1, stable=True).indices
     return Neighbours(index.gather(-1, order), distance.gather(-1, order), radius)
 
 
@@ -211,8 +218,9 @@ def search_denser(rows, columns, positions, chunk_size: int):
     return torch.cat(nearest, dim=1)
 
 
-def nearest_denser(operands, neighbours: Neighbours, rank, chunk_size: int):
-    """Index of the nearest denser token of every token (B, N) (3 step 3), denser per 3.3 (`rank` 0 = densest).
+def nearest_denser(operands, neighbours: Neighbours, rank, order, chunk_size: int):
+    """Index of the nearest denser token of every token (B, N) (3 step 3), denser per 3.3: `rank` (0 = densest) and
+    its inverse `order` (the tokens densest first).
 
     A listed denser token within the list's radius is the nearest denser one (no unlisted token is closer). The
     others, local density peaks, are searched with the float64 `operands`; the densest of all gets itself.
@@ -220,7 +228,6 @@ def nearest_denser(operands, neighbours: Neighbours, rank, chunk_size: int):
     listed_denser = gather_rows(rank, neighbours.index) < rank[..., None]
     certain = listed_denser & (neighbours.distance <= neighbours.radius[..., None])
     nearest = neighbours.index.gather(-1, certain.to(torch.uint8).argmax(-1, keepdim=True))[..., 0]  # nearest first
-    order = torch.argsort(rank, dim=1)
     peak = ~certain.any(-1).gather(1, order)  # in density order
     positions = rows_where(peak)
     sorted_rows, sorted_columns = gather_rows(operands.rows, order), gather_rows(operands.columns, order)
@@ -316,6 +323,8 @@ def density_peaks(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: 
         raise ValueError(f"cluster_counts={counts} must be non-empty, each between 1 and the {num_tokens} tokens.")
     if k < 1 or chunk_size < 1:
         raise ValueError(f"k={k} and chunk_size={chunk_size} must both be >= 1.")
+    if tokens.device.type == "mps":  # MPS has no float64: cluster on the CPU, the same clusters
+        return DensityPeaks(*(values.to(tokens.device) for values in density_peaks(tokens.cpu(), counts, k, chunk_size)))
     with torch.autocast(device_type=tokens.device.type, enabled=False):
         exact = gemm_operands(tokens, torch.float64)
         precisions = (exact,) if tokens.dtype == torch.float64 else (gemm_operands(tokens, torch.float32), exact)
@@ -324,7 +333,7 @@ def density_peaks(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: 
         density = torch.exp(-neighbours.distance[..., :k].mean(-1) / num_channels)
         order = torch.sort(density, dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_tokens, device=tokens.device).expand_as(order))
-        denser = nearest_denser(exact, neighbours, rank, chunk_size)
+        denser = nearest_denser(exact, neighbours, rank, order, chunk_size)
         all_rows = torch.arange(num_tokens, device=tokens.device).expand_as(order)
         denser_distance = exact_squared_distances(tokens, all_rows, denser[..., None], chunk_size)[..., 0]
         centres = rank_centres(density, denser_distance.masked_fill(rank == 0, float("inf")), num_channels, max(counts))

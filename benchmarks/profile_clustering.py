@@ -1,0 +1,93 @@
+"""Where the clustering's time goes in a ClusTR forward: a torch.profiler table per pass and per operator.
+
+Profiles one forward of ClusTR (random weights, real photos, eval, fp32, batch 4) after a warm-up. Each step of
+`clustr_hf.clustering` is wrapped in a `record_function` range, so the first table splits the clustering's time into
+its passes (nested: a pass's total includes the steps it calls); the second lists the operators by self time.
+Printed next to them: the distance GEMMs alone (one (B, N, N) product per clustered block), the budget of the
+issue's target (1.3x those GEMMs).
+
+    python benchmarks/profile_clustering.py [--model b2] [--size 224] [--threads 2]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
+
+from bench_speed import clustered_shapes, distance_gemms  # noqa: E402
+from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
+from clustr_hf import clustering  # noqa: E402
+from conftest import photo_batch  # noqa: E402
+
+
+STEPS = [
+    "density_peaks", "nearest_neighbours", "smallest_distances", "exact_squared_distances", "nearest_denser",
+    "search_denser", "rank_centres", "assign_to_centres", "nearest_centres", "gemm_operands", "decide_rows",
+]
+
+
+def labelled(name, function):
+    def call(*args, **kwargs):
+        with record_function(f"clustering.{name}"):
+            return function(*args, **kwargs)
+
+    return call
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="b2")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=25, help="rows of the operator table")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = ClusTRModel(ClusTRConfig.from_variant(args.model)).eval()
+    pixel_values = photo_batch((args.size, args.size))
+    gemms = distance_gemms(clustered_shapes(model, pixel_values), pixel_values.device)
+    gemms()
+    start = time.perf_counter()
+    gemms()
+    gemm_seconds = time.perf_counter() - start
+
+    originals = {name: getattr(clustering, name) for name in STEPS}
+    for name, function in originals.items():
+        setattr(clustering, name, labelled(name, function))
+    import clustr_hf.modeling_clustr as modeling_clustr
+
+    modeling_density_peaks = modeling_clustr.density_peaks
+    modeling_clustr.density_peaks = clustering.density_peaks
+    try:
+        with torch.no_grad():
+            model(pixel_values)
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                model(pixel_values)
+    finally:
+        modeling_clustr.density_peaks = modeling_density_peaks
+        for name, function in originals.items():
+            setattr(clustering, name, function)
+
+    averages = profiler.key_averages()
+    steps = sorted((event for event in averages if event.key.startswith("clustering.")), key=lambda e: -e.cpu_time_total)
+    clustering_seconds = next(e.cpu_time_total for e in steps if e.key == "clustering.density_peaks") / 1e6
+    print(f"ClusTR-{args.model}, {args.size}x{args.size}, batch {pixel_values.shape[0]}, {args.threads} threads")
+    print(f"distance GEMMs alone {gemm_seconds:.3f} s; target budget (1.3x) {1.3 * gemm_seconds:.3f} s; "
+          f"clustering under the profiler {clustering_seconds:.3f} s ({clustering_seconds / gemm_seconds:.2f}x)")
+    print(f"\n{'step (nested totals)':36} {'total s':>8} {'share':>7} {'calls':>6}")
+    for event in steps:
+        seconds = event.cpu_time_total / 1e6
+        print(f"{event.key:36} {seconds:8.3f} {seconds / clustering_seconds:7.1%} {event.count:6}")
+    print()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
