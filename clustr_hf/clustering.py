@@ -17,8 +17,13 @@ no other token is nearer; pass 3 certifies that the runner-up centre is farther 
 tokens either pass cannot certify are redone with a float64 GEMM, as are pass 2's searches (few rows). The redone
 tokens and the searched peaks are data-dependent subsets; under tracing or export every token is redone and searched
 instead, the same result with static shapes. The batch only batches the GEMMs: every image is clustered on its own.
+
+`pooled_density_peaks` is the opt-in scalable mode (`clustering_mode="pooled"`), not the paper's clustering: density
+peaks of the token grid average-pooled to a few cells per cluster, then every token joins the nearest chosen cell
+mean, so that a block costs O(N M) instead of O(N^2).
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -286,10 +291,33 @@ def assign_to_centres(tokens, precisions, centres, counts, chunk_size: int):
 
         clusters, _ = decide_rows(decide, precisions, batch_size, num_tokens, tokens.device)
         assignments[:, computed] = clusters.transpose(1, 2)
+    return claim_centres(assignments, centres, counts)
+
+
+def claim_centres(assignments, centres, counts):
+    """`assignments` (B, scales, N) with every centre in its own cluster: scale s's cluster c holds `centres[:, c]`."""
     for scale, count in enumerate(counts):
-        own_cluster = torch.arange(count, device=tokens.device).expand(batch_size, count)
+        own_cluster = torch.arange(count, device=centres.device).expand(centres.shape[0], count)
         assignments[:, scale].scatter_(1, centres[:, :count], own_cluster)
     return assignments
+
+
+def gemm_precisions(tokens) -> tuple[Operands, ...]:
+    """The `Operands` each decision is tried with in turn: float32 first (unless the tokens are float64), then float64."""
+    exact = gemm_operands(tokens, torch.float64)
+    return (exact,) if tokens.dtype == torch.float64 else (gemm_operands(tokens, torch.float32), exact)
+
+
+def on_float64_device(cluster):
+    """`cluster(tokens, ...)` run on the CPU for tokens on a device without float64 (MPS): the same clusters."""
+
+    @functools.wraps(cluster)
+    def wrapper(tokens, *args, **kwargs):
+        if tokens.device.type != "mps":
+            return cluster(tokens, *args, **kwargs)
+        return DensityPeaks(*(values.to(tokens.device) for values in cluster(tokens.cpu(), *args, **kwargs)))
+
+    return wrapper
 
 
 class DensityPeaks(NamedTuple):
@@ -300,6 +328,7 @@ class DensityPeaks(NamedTuple):
     centres: torch.Tensor
 
 
+@on_float64_device
 @torch.no_grad()
 def density_peaks(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int = 256) -> DensityPeaks:
     """Cluster each image's tokens at several scales with DPC-kNN (ALGORITHM.md section 3, ties as in 3.3).
@@ -323,11 +352,9 @@ def density_peaks(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: 
         raise ValueError(f"cluster_counts={counts} must be non-empty, each between 1 and the {num_tokens} tokens.")
     if k < 1 or chunk_size < 1:
         raise ValueError(f"k={k} and chunk_size={chunk_size} must both be >= 1.")
-    if tokens.device.type == "mps":  # MPS has no float64: cluster on the CPU, the same clusters
-        return DensityPeaks(*(values.to(tokens.device) for values in density_peaks(tokens.cpu(), counts, k, chunk_size)))
     with torch.autocast(device_type=tokens.device.type, enabled=False):
-        exact = gemm_operands(tokens, torch.float64)
-        precisions = (exact,) if tokens.dtype == torch.float64 else (gemm_operands(tokens, torch.float32), exact)
+        precisions = gemm_precisions(tokens)
+        exact = precisions[-1]
         k = min(k, num_tokens)
         neighbours = nearest_neighbours(tokens, precisions, k, chunk_size)
         density = torch.exp(-neighbours.distance[..., :k].mean(-1) / num_channels)
@@ -345,8 +372,7 @@ def cluster_tokens(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size:
     return density_peaks(tokens, cluster_counts, k, chunk_size).assignments
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Pooled mode (issue 9): DPC-kNN on an average-pooled token grid, every token then joining its nearest centre.
+# Pooled mode: DPC-kNN on an average-pooled token grid, every token then joining its nearest centre (O(N M)).
 
 
 def capped_cluster_counts(num_tokens: int, reduction_ratio: int, scales, max_clusters: int) -> tuple[int, ...]:
@@ -370,46 +396,37 @@ def cell_middles(height: int, width: int, grid, device) -> torch.Tensor:
     return (rows[:, None] * width + columns[None, :]).flatten()
 
 
-def dense_density_peaks(tokens, num_centres: int, k: int):
-    """The `num_centres` DPC-kNN centres (B, num_centres) of a small token set (B, P, C), best first (3 steps 1-4, ties
-    as in 3.3), from the full P x P matrix of float32 squared distances (`gemm_operands`)."""
-    num_tokens, num_channels = tokens.shape[1:]
-    operands = gemm_operands(tokens, torch.float32)
-    distances = torch.bmm(operands.rows, operands.columns.transpose(1, 2)).clamp_min_(0)
-    distances.diagonal(dim1=1, dim2=2).zero_()
-    nearest = distances.topk(min(k, num_tokens), dim=-1, largest=False).values
-    density = torch.exp(-nearest.mean(-1) / num_channels)
-    order = torch.sort(density, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_tokens, device=tokens.device).expand_as(order))
-    not_denser = rank[:, None, :] >= rank[:, :, None]
-    denser_distance = distances.masked_fill_(not_denser, float("inf")).amin(-1)
-    return rank_centres(density, denser_distance, num_channels, num_centres)
+def join_nearest(tokens, features, counts, chunk_size: int = 256):
+    """Cluster (B, scales, N) of every token for each scale s: its nearest of the first `counts[s]` `features`
+    (B, M, C), decided as `assign_to_centres` decides (certified, ties to the lower)."""
+    num_features = features.shape[1]
+    candidates = torch.cat([features, tokens], dim=1)
+    first_rows = torch.arange(num_features, device=tokens.device).expand(tokens.shape[0], -1)
+    assignments = assign_to_centres(candidates, gemm_precisions(candidates), first_rows, counts, chunk_size)
+    return assignments[..., num_features:]
 
 
-def nearest_features(tokens, features, counts):
-    """Cluster (B, len(counts), N) of every token for each scale s: its nearest of the first `counts[s]` `features`
-    (B, M, C) in float32, ties to the lower cluster; one (N x M) GEMM serves every scale."""
-    squared_norms = features.square().sum(-1)[:, None, :]
-    distances = torch.baddbmm(squared_norms, tokens, features.transpose(1, 2), alpha=-2)
-    return torch.stack([distances[..., :count].argmin(-1) for count in counts], dim=1)
-
-
+@on_float64_device
 @torch.no_grad()
-def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5, tokens_per_cluster: int = 4
-                         ) -> DensityPeaks:
-    """Scalable DPC-kNN: centres from the token grid average-pooled to about `tokens_per_cluster` cells per cluster of
-    the finest scale, then every token joins the nearest centre; O(N M C) time instead of O(N^2 C).
+def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5, tokens_per_cluster: int = 4,
+                         chunk_size: int = 256) -> DensityPeaks:
+    """Scalable DPC-kNN: the centres are the density peaks of the token grid average-pooled to `tokens_per_cluster`
+    cells per cluster of the finest scale, and every token joins the nearest chosen cell mean; O(N M) per image.
+
+    Both steps are `density_peaks`' certified exact ones (on the cells, then tokens to cell means), so a batch gives
+    the clusters of its images one at a time.
 
     Args:
         tokens: (B, N, C) token features in row-major order on the (height, width) `grid`.
         grid: (height, width) with height * width == N.
         cluster_counts: clusters per scale, each in [1, N].
-        k: neighbours of the kNN density on the pooled cells (clipped to their number).
+        k: neighbours of the kNN density of the cells (clipped to their number).
         tokens_per_cluster: pooled cells per cluster of the finest scale; a grid with fewer tokens is not pooled.
+        chunk_size: rows of distances held at once per image, as in `density_peaks`.
 
     Returns:
-        `DensityPeaks` as from `density_peaks`: cluster c's centre is the middle token of the c-th pooled cell chosen
-        (best first) and always belongs to cluster c; the other tokens join the nearest cell mean.
+        `DensityPeaks` as from `density_peaks`: cluster c's centre is the middle token of the c-th chosen cell (best
+        first) and always belongs to cluster c.
     """
     height, width = grid
     counts = tuple(int(count) for count in cluster_counts)
@@ -420,17 +437,16 @@ def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5,
     if k < 1 or tokens_per_cluster < 1:
         raise ValueError(f"k={k} and tokens_per_cluster={tokens_per_cluster} must both be >= 1.")
     with torch.autocast(device_type=tokens.device.type, enabled=False):
-        tokens = tokens.float()
-        cells = pooled_grid(height, width, tokens_per_cluster * max(counts))
+        if tokens.dtype != torch.float64:
+            tokens = tokens.float()
+        num_centres = max(counts)
+        cells = pooled_grid(height, width, tokens_per_cluster * num_centres)
         pooled = torch.nn.functional.adaptive_avg_pool2d(tokens.transpose(1, 2).unflatten(2, grid), cells)
         pooled = pooled.flatten(2).transpose(1, 2)
-        chosen = dense_density_peaks(pooled, max(counts), k)
-        assignments = nearest_features(tokens, gather_rows(pooled, chosen), counts)
+        chosen = density_peaks(pooled, (num_centres,), k, chunk_size).centres
+        assignments = join_nearest(tokens, gather_rows(pooled, chosen), counts, chunk_size)
         centres = cell_middles(height, width, cells, tokens.device)[chosen]
-        for scale, count in enumerate(counts):
-            own_cluster = torch.arange(count, device=tokens.device).expand(tokens.shape[0], count)
-            assignments[:, scale].scatter_(1, centres[:, :count], own_cluster)
-        return DensityPeaks(assignments, centres)
+        return DensityPeaks(claim_centres(assignments, centres, counts), centres)
 
 
 __all__ = ["DensityPeaks", "capped_cluster_counts", "cluster_counts", "cluster_tokens", "density_peaks",

@@ -122,7 +122,7 @@ class ClusTRAttention(nn.Module):
         tokens = hidden_states.detach()
         if self.config.clustering_mode == "pooled":
             return pooled_density_peaks(tokens, (height, width), counts, self.config.cluster_num_neighbors,
-                                        self.config.pooled_tokens_per_cluster), counts
+                                        self.config.pooled_tokens_per_cluster, self.config.cluster_chunk_size), counts
         return density_peaks(tokens, counts, self.config.cluster_num_neighbors, self.config.cluster_chunk_size), counts
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False):
