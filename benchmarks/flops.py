@@ -33,10 +33,9 @@ from bench_speed import clustering, free_assignment  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
 from clustr_hf import clustering as clustering_module  # noqa: E402
 from clustr_hf.clustering import density_peaks  # noqa: E402
+from clustr_hf.publishing import PAPER_GFLOPS  # noqa: E402
 from conftest import photo  # noqa: E402
 
-
-PAPER_GFLOPS = {"b1": 2.15, "b2": 4.8, "b3": 7.48}
 
 
 def multiply_adds(model, pixel_values, function) -> float:

@@ -39,6 +39,10 @@ ARCHITECTURE_FIELDS = (
 )
 PAPER_GFLOPS = {"b1": 2.15, "b2": 4.8, "b3": 7.48}
 """The paper's GFLOPs at 224x224, which count no clustering and only the coarse-scale attention products."""
+
+COUNTED_GFLOPS = {"b0": 1.42, "b1": 3.09, "b2": 7.54, "b3": 10.29}
+"""Multiply-adds (G) of one 224x224 image as the model runs, both attention scales and the exact clustering included,
+counted on a real photo by `benchmarks/flops.py` (its "total" column; tests/test_publish.py keeps b0's in step)."""
 VARIANT_NOTES = {
     "b0": "clustr_hf's own small variant for demos and CPU work; not in the paper",
     "b1": "released configuration",
@@ -108,11 +112,14 @@ def describe_input(image_processor) -> tuple[tuple[int, int], str]:
     return (height, width), f"{height}x{width} RGB ({name}, see preprocessor_config.json)"
 
 
-def describe_flops(gflops: float | None, image_size: tuple[int, int], variant: str | None) -> str:
+def describe_flops(image_size: tuple[int, int], variant: str | None) -> str:
     """The card's FLOPs entry: the honest count, and the paper's figure for comparison where there is one."""
     height, width = image_size
-    counted = ("TO FILL IN: not counted yet (benchmarks/flops.py has not landed)" if gflops is None
-               else f"{gflops:.2f} GFLOPs at {height}x{width}, clustering included (benchmarks/flops.py)")
+    if variant in COUNTED_GFLOPS and image_size == (224, 224):
+        counted = (f"{COUNTED_GFLOPS[variant]:.2f} GFLOPs (multiply-adds) at 224x224: both attention scales and the "
+                   f"clustering included, counted by benchmarks/flops.py")
+    else:
+        counted = f"not counted at {height}x{width} for this configuration (benchmarks/flops.py counts the variants)"
     if variant in PAPER_GFLOPS:
         counted += (f"; the paper reports {PAPER_GFLOPS[variant]} GFLOPs at 224x224, counting no clustering and only "
                     f"the coarse-scale attention products")
@@ -120,7 +127,7 @@ def describe_flops(gflops: float | None, image_size: tuple[int, int], variant: s
 
 
 def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_id: str, num_parameters: int,
-                gflops: float | None, dataset: str | None = None, results: list[dict] = (),
+                dataset: str | None = None, results: list[dict] = (),
                 results_file: str | None = None, eval_samples: int | None = None) -> ModelCard:
     """The model card from the packaged template (model_cards/TEMPLATE.md links to it): metadata plus text;
     `results` become the model-index."""
@@ -147,7 +154,7 @@ def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_i
         variant_description=f"{variant} ({VARIANT_NOTES[variant]})" if variant else "custom (no released variant)",
         num_labels=config.num_labels,
         label_examples=", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "") if named else "",
-        num_parameters=f"{num_parameters:,}", flops_description=describe_flops(gflops, image_size, variant),
+        num_parameters=f"{num_parameters:,}", flops_description=describe_flops(image_size, variant),
         conversion_variant=variant if variant in PAPER_GFLOPS else "b2",
         input_description=input_description, dataset=dataset, dataset_split=EVAL_SPLIT,
         results=[dict(row, value=f"{row['value']:.4f} ({100 * row['value']:.2f}%)") for row in results],
@@ -155,13 +162,13 @@ def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_i
     )
 
 
-def variant_card(variant: str, gflops: float | None = None) -> ModelCard:
+def variant_card(variant: str) -> ModelCard:
     """The card of a released (or our b0) variant with 1000 ImageNet classes: architecture, no measured results."""
     config = ClusTRConfig.from_variant(variant, num_labels=1000)
     with torch.device("meta"):  # shapes only: counting needs no memory and no initialisation
         num_parameters = sum(parameter.numel() for parameter in ClusTRForImageClassification(config).parameters())
     return render_card(config, ClusTRImageProcessor(), card_kind="variant",
-                       repo_id=f"<your-namespace>/clustr-{variant}", num_parameters=num_parameters, gflops=gflops,
+                       repo_id=f"<your-namespace>/clustr-{variant}", num_parameters=num_parameters,
                        dataset=RECIPE_DATASET)
 
 
@@ -249,7 +256,7 @@ def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None
                          f"on (e.g. --dataset ILSVRC/imagenet-1k) so that the card can state it.")
     card = render_card(
         model.config, image_processor, card_kind="folder", repo_id=repo_id,
-        num_parameters=sum(parameter.numel() for parameter in model.parameters()), gflops=None, dataset=dataset,
+        num_parameters=sum(parameter.numel() for parameter in model.parameters()), dataset=dataset,
         results=rows,
         results_file=results_file, eval_samples=(results or {}).get("eval_samples"),
     )

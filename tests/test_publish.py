@@ -30,6 +30,7 @@ from clustr_hf import VARIANTS, ClusTRConfig, ClusTRForImageClassification, Clus
 from clustr_hf.convert_reference_checkpoint import convert_reference_state_dict
 from clustr_hf.handler import EndpointHandler, decode_image
 from clustr_hf.publishing import (
+    COUNTED_GFLOPS,
     HANDLER_PATH,
     PublishError,
     assemble_hub_folder,
@@ -118,6 +119,14 @@ def test_variant_cards_validate_are_current_and_claim_no_results(variant):
                   "AutoBackbone.from_pretrained(", "@article{xie2022clustr"):
         assert usage in card.text
     assert path.read_text() == str(variant_card(variant)), "stale card: run python -m clustr_hf.publishing model_cards"
+    assert f"| FLOPs | {COUNTED_GFLOPS[variant]:.2f} GFLOPs (multiply-adds) at 224x224" in card.text
+
+
+def test_counted_gflops_are_what_the_flops_counter_counts():
+    spec = importlib.util.spec_from_file_location("flops", ROOT / "benchmarks" / "flops.py")
+    flops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(flops)
+    assert round(flops.count("b0", 224)["total"] / 1e9, 2) == COUNTED_GFLOPS["b0"]
 
 
 def test_trained_folder_card_reports_the_measured_results_and_only_those(hub_folder):
