@@ -133,7 +133,7 @@ def test_clustered_attention_is_the_weighted_cluster_mean_attention_of_the_spec(
     torch.manual_seed(3)
     x = torch.randn(1, 64, 8)
     with torch.no_grad():
-        output, _, clusters = attention(x)
+        output, _, clusters = attention(x, 8, 8)
         weights = torch.exp(attention.score(x))[0, :, 0]
         q = attention.query(x)[0].reshape(64, 2, 4).transpose(0, 1)
         total = 0
