@@ -441,6 +441,8 @@ def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5,
             tokens = tokens.float()
         num_centres = max(counts)
         cells = pooled_grid(height, width, tokens_per_cluster * num_centres)
+        if cells == (height, width):  # too few tokens to pool: every cell is a token, so this is plain DPC-kNN
+            return density_peaks(tokens, counts, k, chunk_size)
         pooled = torch.nn.functional.adaptive_avg_pool2d(tokens.transpose(1, 2).unflatten(2, grid), cells)
         pooled = pooled.flatten(2).transpose(1, 2)
         chosen = density_peaks(pooled, (num_centres,), k, chunk_size).centres
