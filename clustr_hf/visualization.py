@@ -10,8 +10,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .clustering import cluster_counts
-from .modeling_clustr import ClusTRModel, ClusTRPreTrainedModel
+from .modeling_clustr import ClusTRModel, ClusTRPreTrainedModel, block_cluster_counts
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def cluster_maps(model: ClusTRPreTrainedModel, pixel_values: torch.Tensor) -> li
                 block=block,
                 grid=(height, width),
                 scale_names=names,
-                counts=cluster_counts(height * width, ratio, config.cluster_scales),
+                counts=block_cluster_counts(config, height * width, ratio),
                 assignments=assignments.unflatten(-1, (height, width)),
                 centres=torch.stack((centres // width, centres % width), dim=-1),
             )

@@ -14,6 +14,7 @@ from dpc_knn_oracle import dpc_knn_oracle
 
 from clustr_hf import ClusTRConfig, ClusTRForImageClassification
 from clustr_hf.clustering import capped_cluster_counts, density_peaks, pooled_density_peaks, pooled_grid
+from clustr_hf.visualization import cluster_maps
 
 
 def assert_valid_partition(clusters, counts):
@@ -129,6 +130,16 @@ def test_model_in_pooled_mode_caps_its_clusters():
     first_block = outputs.cluster_assignments[0]
     assert first_block.shape == (4, 2, 32 * 32)
     assert [int(first_block[0, scale].max()) + 1 for scale in range(2)] == [4, 16]
+    assert cluster_maps(model, photo_batch((128, 128)))[0].counts == (4, 16)  # the pictures show the capped counts
+
+
+def test_model_in_pooled_mode_exports_with_torch_export():
+    torch.manual_seed(0)
+    model = ClusTRForImageClassification(tiny_config(clustering_mode="pooled", pooled_max_clusters=4)).eval()
+    pixels = photo_batch((128, 128))
+    exported = torch.export.export(model, (pixels,), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(pixels).logits, model(pixels).logits, rtol=0, atol=1e-5)
 
 
 def test_model_in_pooled_mode_trains_saves_and_loads(tmp_path):
