@@ -322,6 +322,32 @@ def load_results(results_dir: Path) -> dict[str, list[dict]]:
     return {name: sorted(runs[name], key=lambda run: run["seed"]) for name in sorted(runs)}
 
 
+def load_in_progress(output_dir: Path, finished: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Runs of `output_dir` with at least one evaluated epoch and no results JSON yet, by model name: each the
+    `summarize` of its log plus its `seed`."""
+    done = {(name, run["seed"]) for name, seeds in finished.items() for run in seeds}
+    runs = {}
+    for log_path in sorted(output_dir.glob("*-seed*/train_log.jsonl")):
+        name, _, seed = log_path.parent.name.rpartition("-seed")
+        log = read_log(log_path.parent)
+        if (name, int(seed)) not in done and any("eval_accuracy" in entry for entry in log):
+            runs.setdefault(name, []).append({**summarize(log), "seed": int(seed)})
+    return runs
+
+
+def in_progress_markdown(runs: dict[str, list[dict]], finished: dict[str, list[dict]], epochs: int) -> str:
+    """Test top-1 after each epoch of the unfinished runs, beside the finished runs of the same seeds."""
+    seeds = {run["seed"] for seeds in runs.values() for run in seeds}
+    rows = [(f"{name} seed {run['seed']} (in progress)", run) for name, seeds_ in runs.items() for run in seeds_]
+    rows += [(f"{name} seed {run['seed']}", run) for name, seeds_ in finished.items() for run in seeds_
+             if run["seed"] in seeds]
+    lines = ["", "Runs still in progress: test top-1 after each epoch, with the finished runs of the same seeds.", "",
+             "| Run | Epochs done | Test top-1 after epoch 1, 2, ... (%) |", "|---|---:|---|"]
+    lines += [f"| {label} | {len(run['epochs'])}/{epochs} | "
+              f"{', '.join(percent(epoch['test_top1']) for epoch in run['epochs'])} |" for label, run in rows]
+    return "\n".join(lines) + "\n"
+
+
 def percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
@@ -398,15 +424,21 @@ def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
     plt.close(figure)
 
 
-def report(results_dir: Path, readme: Path | None) -> str:
+def report(results_dir: Path, readme: Path | None, output_dir: Path | None = None, epochs: int = 10) -> str:
     """Write report.md and accuracy_curves.png into `results_dir` and the table between the report markers of
-    `readme` (when it has them); returns the markdown."""
+    `readme` (when it has them); returns the markdown. Runs of `output_dir` still in progress are listed apart and
+    drawn in the curves, never counted in the table or the verdicts."""
     runs = load_results(results_dir)
-    if not runs:
-        raise FileNotFoundError(f"No results JSON in {results_dir}; train first.")
-    markdown = report_markdown(runs)
+    in_progress = load_in_progress(output_dir, runs) if output_dir is not None else {}
+    if not runs and not in_progress:
+        raise FileNotFoundError(f"No results JSON in {results_dir} and no run in progress; train first.")
+    markdown = report_markdown(runs) if runs else "No run has finished yet.\n"
+    if in_progress:
+        markdown += in_progress_markdown(in_progress, runs, epochs)
+    results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "report.md").write_text(markdown)
-    plot_curves(runs, results_dir / "accuracy_curves.png")
+    curves = {**runs, **{f"{name} (in progress)": seeds for name, seeds in in_progress.items()}}
+    plot_curves(curves, results_dir / "accuracy_curves.png")
     if readme is not None and readme.is_file():
         text = readme.read_text()
         pattern = re.compile(rf"{re.escape(REPORT_BEGIN)}.*?{re.escape(REPORT_END)}", re.DOTALL)
@@ -444,7 +476,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.report:
-        print(report(args.results_dir, args.readme), end="")
+        print(report(args.results_dir, args.readme, args.output_dir, args.epochs), end="")
         return
     if args.evaluate_with:
         for name, *assignments in args.evaluate_with:

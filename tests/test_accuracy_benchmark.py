@@ -142,6 +142,17 @@ def test_runs_resume_report_and_evaluate(benchmark, monkeypatch):
     readme = benchmark["readme"].read_text()
     assert "old table" not in readme and markdown in readme and readme.endswith("\n\nafter\n")
 
+    # A run still going (a log with one evaluated epoch, no results JSON) is listed apart, never in the table.
+    log = (benchmark["outputs"] / "tiny_pvt-seed3" / "train_log.jsonl").read_text().splitlines()
+    first_evaluation = next(index for index, line in enumerate(log) if "eval_accuracy" in line)
+    (benchmark["outputs"] / "tiny_pvt-seed4").mkdir()
+    (benchmark["outputs"] / "tiny_pvt-seed4" / "train_log.jsonl").write_text("\n".join(log[: first_evaluation + 1]))
+    accuracy.main([*benchmark["folders"], "--report", "--readme", str(benchmark["readme"]), "--epochs", "2"])
+    markdown = (benchmark["results"] / "report.md").read_text()
+    epoch_one = 100 * json.loads(log[first_evaluation])["eval_accuracy"]
+    assert f"| tiny_pvt seed 4 (in progress) | 1/2 | {epoch_one:.2f} |" in markdown
+    assert "tiny_clustr beats tiny_pvt: +1.35 points of mean test top-1, higher on 1 of 1 seeds." in markdown
+
 
 def test_model_specs():
     spec = accuracy.ModelSpec.parse("pooled=clustr:b0:cluster_scales=[1]:hidden_act=relu:qkv_bias=false")
