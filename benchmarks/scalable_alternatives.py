@@ -26,7 +26,7 @@ from clustr_hf.clustering import (  # noqa: E402
     DensityPeaks, claim_centres, density_peaks, gather_rows, join_nearest, pooled_density_peaks,
 )
 from conftest import photo_batch  # noqa: E402
-from test_pooled_clustering import within_cluster_error  # noqa: E402
+from test_pooled_clustering import cluster_means, within_cluster_error  # noqa: E402
 
 
 def sampled_density_peaks(tokens, grid, counts, k=5, tokens_per_cluster=4):
@@ -48,15 +48,6 @@ def refined_density_peaks(tokens, grid, counts, k=5, tokens_per_cluster=4, steps
         assignments = join_nearest(tokens, means, counts)
         clusters = DensityPeaks(claim_centres(assignments, clusters.centres, counts), clusters.centres)
     return clusters
-
-
-def cluster_means(tokens, assignments, count):
-    """(B, count, C) mean token of each cluster (empty clusters: 0)."""
-    index = assignments[..., None].expand_as(tokens)
-    totals = tokens.new_zeros(tokens.shape[0], count, tokens.shape[-1]).scatter_add_(1, index, tokens)
-    ones = torch.ones_like(tokens[..., :1])
-    sizes = tokens.new_zeros(tokens.shape[0], count, 1).scatter_add_(1, assignments[..., None], ones)
-    return totals / sizes.clamp_min(1)
 
 
 def stage_one_tokens(size):

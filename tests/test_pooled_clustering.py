@@ -81,13 +81,18 @@ def test_unpooled_grid_gives_the_oracle_clusters():
         assert torch.equal(clusters.assignments[image], dpc_knn_oracle(tokens[image].double(), (4, 16), 5))
 
 
-def within_cluster_error(tokens, assignments, count):
-    """Sum over the tokens (B, N, C) of the squared distance to their cluster's mean (what cluster means lose)."""
+def cluster_means(tokens, assignments, count):
+    """(B, count, C) mean token of each cluster of `assignments` (B, N) (empty clusters: 0)."""
     index = assignments[..., None].expand_as(tokens)
     totals = tokens.new_zeros(tokens.shape[0], count, tokens.shape[-1]).scatter_add_(1, index, tokens)
     sizes = torch.zeros(tokens.shape[0], count).scatter_add_(1, assignments, torch.ones(assignments.shape))
-    means = totals / sizes.clamp_min(1)[..., None]
-    return float((tokens - means.gather(1, index)).square().sum())
+    return totals / sizes.clamp_min(1)[..., None]
+
+
+def within_cluster_error(tokens, assignments, count):
+    """Sum over the tokens (B, N, C) of the squared distance to their cluster's mean (what cluster means lose)."""
+    means = cluster_means(tokens, assignments, count)
+    return float((tokens - means.gather(1, assignments[..., None].expand_as(tokens))).square().sum())
 
 
 def test_pooled_clusters_are_as_tight_as_exact_ones_on_photos():
