@@ -71,27 +71,49 @@ def replace_rows(values, rows, replace, new_values):
 
 
 class Operands(NamedTuple):
-    """GEMM operands of the centred tokens: `rows @ columns.T` is the matrix of squared distances, `error` (B, N)
-    bounds the rounding of row i's entries against any token (float32 GEMM and centring, worst case)."""
+    """GEMM operands of the centred tokens: `rows @ columns.T` is the matrix of squared distances; `norm` (B, N) holds
+    the centred tokens' norms, from which `rounding_bound` bounds each entry's rounding."""
 
     rows: torch.Tensor
     columns: torch.Tensor
-    error: torch.Tensor
+    norm: torch.Tensor
 
 
 def gemm_operands(tokens, dtype) -> Operands:
-    """Rows `[x_i, |x_i|^2, 1]` and columns `[-2 x_j, 1, |x_j|^2]` of the tokens centred in `dtype`.
-
-    The bound: centring and the C+2 term sums round by at most `(2C + 8) u (|x_i| + |x_j|)^2` (`u` the unit
-    roundoff), taken with the largest `|x_j|` of the image.
-    """
+    """Rows `[x_i, |x_i|^2, 1]` and columns `[-2 x_j, 1, |x_j|^2]` of the tokens centred in `dtype`."""
     centred = tokens.to(dtype) - tokens.to(dtype).mean(dim=1, keepdim=True)
     norms = centred.square().sum(-1, keepdim=True)
     ones = torch.ones_like(norms)
-    radius = norms[..., 0].double().sqrt()
-    unit_roundoff = torch.finfo(dtype).eps / 2
-    error = (2 * tokens.shape[-1] + 8) * unit_roundoff * (radius + radius.amax(1, keepdim=True)) ** 2
-    return Operands(torch.cat([centred, norms, ones], -1), torch.cat([-2 * centred, ones, norms], -1), error)
+    return Operands(torch.cat([centred, norms, ones], -1), torch.cat([-2 * centred, ones, norms], -1),
+                    norms[..., 0].double().sqrt())
+
+
+def rounding_bound(operands, row_norm, column_norm):
+    """Bound on the rounding of the GEMM entries (i, j) for centred norms `row_norm` and `column_norm` (broadcast).
+
+    Centring and the C+2 term sums round by at most `(2C + 8) u (|x_i| + |x_j|)^2` (`u` the unit roundoff); the
+    `(1 - u)^2` divisor covers the centring's rounding when a norm is itself bounded through a distance.
+    """
+    unit_roundoff = torch.finfo(operands.rows.dtype).eps / 2
+    factor = (2 * (operands.rows.shape[-1] - 2) + 8) * unit_roundoff / (1 - unit_roundoff) ** 2
+    return factor * (row_norm + column_norm) ** 2
+
+
+def listed_radius(operands, largest, row_norm):
+    """Squared radius (B, R) within which a row's every token is listed, the unlisted GEMM values being at least
+    `largest` (B, R).
+
+    The larger of two certified radii: the worst case, every token's norm at most the image's largest; and the
+    largest R with `R + rounding_bound(|x_i|, |x_i| + sqrt R) <= largest`, since a token within sqrt R of x_i has
+    a norm at most `|x_i| + sqrt R` (much tighter when a few tokens have outlying norms).
+    """
+    largest = largest.double()
+    worst_case = largest - rounding_bound(operands, row_norm, operands.norm.amax(1, keepdim=True))
+    factor = rounding_bound(operands, 1.0, 0.0)
+    slack = (largest - 4 * factor * row_norm**2).clamp_min(0)  # (1 + f) s^2 + 4 f a s = slack, s = sqrt R
+    root = slack / (2 * factor * row_norm + torch.sqrt(4 * (factor * row_norm) ** 2 + (1 + factor) * slack))
+    near = root.square() * (1 - 1e-9)  # the margin absorbs this float64 evaluation's own rounding
+    return torch.maximum(worst_case, near).clamp_min(0)
 
 
 def exact_squared_distances(tokens, rows, others, chunk_size: int):
@@ -148,10 +170,10 @@ class Neighbours(NamedTuple):
 def listed_neighbours(tokens, operands, rows, count: int, chunk_size: int) -> Neighbours:
     """The `count` nearest tokens (by the `operands`' GEMM) of the tokens at `rows` (B, R), with exact distances.
 
-    Unlisted tokens are at least as far as the largest listed GEMM value minus its rounding bound, and than 0.
+    Every token within the `listed_radius` (B, R) is listed.
     """
     index, largest = smallest_distances(gather_rows(operands.rows, rows), operands.columns, count, chunk_size)
-    radius = (largest.double() - gather_rows(operands.error, rows)).clamp_min(0)
+    radius = listed_radius(operands, largest, gather_rows(operands.norm, rows))
     if count == tokens.shape[1]:
         radius = torch.full_like(radius, float("inf"))
     return Neighbours(index, exact_squared_distances(tokens, rows, index, chunk_size), radius)
@@ -254,11 +276,12 @@ def nearest_centres(operands, rows, centres, counts, chunk_size: int):
     """Nearest of the first `counts[s]` `centres` (b, M) for each scale s, of the tokens at `rows` (b, R): (b, R, S)
     cluster numbers (ties to the lower), and whether some scale's runner-up is within twice the rounding bound."""
     centre_columns = gather_rows(operands.columns, centres).transpose(1, 2)
+    largest_centre_norm = gather_rows(operands.norm, centres).amax(1, keepdim=True)
     clusters, uncertain = [], []
     for start in range(0, rows.shape[1], chunk_size):
         chunk = rows[:, start : start + chunk_size]
         distances = torch.bmm(gather_rows(operands.rows, chunk), centre_columns)
-        margin = 2 * gather_rows(operands.error, chunk)
+        margin = 2 * rounding_bound(operands, gather_rows(operands.norm, chunk), largest_centre_norm)
         nearest, close_call = [], torch.zeros_like(margin, dtype=torch.bool)
         for count in counts:
             candidates = distances[:, :, :count]

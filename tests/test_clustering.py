@@ -74,6 +74,37 @@ def test_photo_tokens_match_oracle(size, counts):
     assert_matches_oracle(tokens, counts)
 
 
+def outlying_norms(generator):
+    """Float32 tokens (2, 600, 16) in tight groups of 15, and 3 tokens of 50x the usual norm, which make the image's
+    worst-case float32 rounding bound larger than the groups' spread; 5 of the 40 groups are near-duplicates below
+    float32's resolution."""
+    groups = 3 + torch.randn(2, 40, 1, 16, generator=generator)
+    spread = torch.where(torch.arange(40) < 5, 1e-6, 0.05).view(1, 40, 1, 1)
+    tokens = (groups + spread * torch.randn(2, 40, 15, 16, generator=generator)).flatten(1, 2)
+    tokens[:, :3] *= 50
+    return tokens
+
+
+def test_listed_radius_holds_every_nearer_token():
+    tokens = outlying_norms(torch.Generator().manual_seed(8))
+    operands = clustering.gemm_operands(tokens, torch.float32)
+    rows = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+    neighbours = clustering.listed_neighbours(tokens, operands, rows, 10, chunk_size=64)
+    exact = (tokens.double()[:, :, None] - tokens.double()[:, None]).square().sum(-1)
+    inside = exact < neighbours.radius[..., None]
+    listed = torch.zeros_like(inside).scatter_(-1, neighbours.index, True)
+    assert not (inside & ~listed).any(), "a token inside the certified radius is missing from the list"
+    kth = neighbours.distance.sort(-1).values[..., 4]
+    largest = exact.gather(-1, neighbours.index).amax(-1)  # within float32 rounding of the largest listed GEMM value
+    worst_case = largest - clustering.rounding_bound(operands, operands.norm, operands.norm.amax(1, keepdim=True))
+    certain, certain_in_worst_case = (kth <= neighbours.radius).float().mean(), (kth <= worst_case).float().mean()
+    assert certain > 0.8 and certain_in_worst_case < 0.1, (certain, certain_in_worst_case)
+
+
+def test_outlying_norms_match_oracle():
+    assert_matches_oracle(outlying_norms(torch.Generator().manual_seed(9)), (20, 80))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_duplicate_tokens_tie_as_in_3_3(dtype):
     generator = torch.Generator().manual_seed(2)
