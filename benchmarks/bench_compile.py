@@ -11,7 +11,6 @@ All three must give identical clusters. Compilation time is reported separately 
 """
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
-from bench_speed import clustering  # noqa: E402
+from bench_speed import clustering_inputs, median_seconds  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
 from clustr_hf import clustering as clustering_module  # noqa: E402
 from conftest import photo_batch  # noqa: E402
@@ -31,26 +30,7 @@ from conftest import photo_batch  # noqa: E402
 def stage_one_tokens(size):
     """The tokens (and cluster counts) the first clustered block of ClusTR-b2 clusters for a batch of 4 photos."""
     torch.manual_seed(0)
-    model = ClusTRModel(ClusTRConfig.from_variant("b2")).eval()
-    captured = []
-
-    def record(tokens, counts, *args):
-        if not captured:
-            captured.append((tokens.clone(), counts))
-        return clustering_module.density_peaks(tokens, counts, *args)
-
-    with clustering(record), torch.no_grad():
-        model(photo_batch((size, size)))
-    return captured[0]
-
-
-def median_seconds(call, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return clustering_inputs(ClusTRModel(ClusTRConfig.from_variant("b2")).eval(), photo_batch((size, size)))[0]
 
 
 def main():

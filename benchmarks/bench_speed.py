@@ -76,17 +76,32 @@ def clustering(function):
         modeling_clustr.density_peaks = original
 
 
-def clustered_shapes(model, pixel_values):
-    """The (B, N, C) token shape of every clustered block of one forward."""
-    shapes = []
+def clustering_inputs(model, pixel_values):
+    """The (tokens, cluster counts) of every clustered block of one forward, in order."""
+    inputs = []
 
-    def record(tokens, *args):
-        shapes.append(tuple(tokens.shape))
-        return free_assignment(tokens, *args)
+    def record(tokens, counts, *args):
+        inputs.append((tokens.clone(), tuple(counts)))
+        return free_assignment(tokens, counts)
 
     with clustering(record), torch.no_grad():
         model(pixel_values)
-    return shapes
+    return inputs
+
+
+def clustered_shapes(model, pixel_values):
+    """The (B, N, C) token shape of every clustered block of one forward."""
+    return [tuple(tokens.shape) for tokens, _ in clustering_inputs(model, pixel_values)]
+
+
+def median_seconds(call, repeats):
+    """Median wall time of `repeats` calls (the caller warms up)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def available_memory(device) -> int:

@@ -4,9 +4,10 @@ Profiles one forward of ClusTR (random weights, real photos, eval, fp32, batch 4
 `clustr_hf.clustering` is wrapped in a `record_function` range, so the first table splits the clustering's time into
 its passes (nested: a pass's total includes the steps it calls); the second lists the operators by self time.
 Printed next to them: the distance GEMMs alone (one (B, N, N) product per clustered block), the budget of the
-issue's target (1.3x those GEMMs).
+issue's target (1.3x those GEMMs). With --per-block, first a table of every clustered block: its clustering timed
+on the tokens it clusters in the forward, against the bare distance GEMM of the same tokens (median of --repeats).
 
-    python benchmarks/profile_clustering.py [--model b2] [--size 224] [--threads 2]
+    python benchmarks/profile_clustering.py [--model b2] [--size 224] [--threads 2] [--per-block]
 """
 
 import argparse
@@ -21,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
-from bench_speed import clustered_shapes, distance_gemms  # noqa: E402
+from bench_speed import clustered_shapes, clustering_inputs, distance_gemms, median_seconds  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
 from clustr_hf import clustering  # noqa: E402
 from conftest import photo_batch  # noqa: E402
@@ -41,17 +42,37 @@ def labelled(name, function):
     return call
 
 
+def print_per_block(model, pixel_values, repeats):
+    """Each clustered block's clustering against the bare GEMM of its tokens, and each token count's share."""
+    print(f"{'block':>5} {'tokens (B, N, C)':>18} {'counts':>10} {'clustering s':>13} {'GEMM s':>9} {'ratio':>6}")
+    seconds_by_count = {}
+    for block, (tokens, counts) in enumerate(clustering_inputs(model, pixel_values)):
+        cluster, gemm = lambda: clustering.density_peaks(tokens, counts), lambda: torch.bmm(tokens, tokens.mT)
+        cluster(), gemm()  # warm-up
+        seconds, gemm = median_seconds(cluster, repeats), median_seconds(gemm, repeats)
+        seconds_by_count[tokens.shape[1]] = seconds_by_count.get(tokens.shape[1], 0.0) + seconds
+        print(f"{block:5} {str(tuple(tokens.shape)):>18} {str(counts):>10} {seconds:13.3f} {gemm:9.4f} "
+              f"{seconds / gemm:6.2f}")
+    total = sum(seconds_by_count.values())
+    print("share of the clustering by N: " + ", ".join(
+        f"N = {count}: {seconds / total:.0%}" for count, seconds in seconds_by_count.items()) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="b2")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=25, help="rows of the operator table")
+    parser.add_argument("--per-block", action="store_true", help="first time every clustered block on its own")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per block with --per-block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = ClusTRModel(ClusTRConfig.from_variant(args.model)).eval()
     pixel_values = photo_batch((args.size, args.size))
+    if args.per_block:
+        print_per_block(model, pixel_values, args.repeats)
     gemms = distance_gemms(clustered_shapes(model, pixel_values), pixel_values.device)
     gemms()
     start = time.perf_counter()
