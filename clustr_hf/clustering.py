@@ -112,7 +112,7 @@ def listed_radius(operands, largest, row_norm):
     factor = rounding_bound(operands, 1.0, 0.0)
     slack = (largest - 4 * factor * row_norm**2).clamp_min(0)  # (1 + f) s^2 + 4 f a s = slack, s = sqrt R
     root = slack / (2 * factor * row_norm + torch.sqrt(4 * (factor * row_norm) ** 2 + (1 + factor) * slack))
-    near = root.square() * (1 - 1e-9)  # the margin absorbs this float64 evaluation's own rounding
+    near = torch.where(slack > 0, root, 0.0).square() * (1 - 1e-9)  # the margin absorbs this evaluation's rounding
     return torch.maximum(worst_case, near).clamp_min(0)
 
 

@@ -101,6 +101,13 @@ def test_listed_radius_holds_every_nearer_token():
     assert certain > 0.8 and certain_in_worst_case < 0.1, (certain, certain_in_worst_case)
 
 
+def test_listed_radius_of_a_token_at_the_mean_is_zero_not_nan():
+    tokens = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]])
+    operands = clustering.gemm_operands(tokens, torch.float32)
+    neighbours = clustering.listed_neighbours(tokens, operands, torch.arange(6)[None], 2, chunk_size=4)
+    assert neighbours.radius[0, 0] == 0 and not neighbours.radius.isnan().any()
+
+
 def test_outlying_norms_match_oracle():
     assert_matches_oracle(outlying_norms(torch.Generator().manual_seed(9)), (20, 80))
 
