@@ -47,12 +47,12 @@ def print_per_block(model, pixel_values, repeats):
     print(f"{'block':>5} {'tokens (B, N, C)':>18} {'counts':>10} {'clustering s':>13} {'GEMM s':>9} {'ratio':>6}")
     seconds_by_count = {}
     for block, (tokens, counts) in enumerate(clustering_inputs(model, pixel_values)):
-        cluster, gemm = lambda: clustering.density_peaks(tokens, counts), lambda: torch.bmm(tokens, tokens.mT)
-        cluster(), gemm()  # warm-up
-        seconds, gemm = median_seconds(cluster, repeats), median_seconds(gemm, repeats)
+        cluster, bare_gemm = lambda: clustering.density_peaks(tokens, counts), lambda: torch.bmm(tokens, tokens.mT)
+        cluster(), bare_gemm()  # warm-up
+        seconds, gemm_seconds = median_seconds(cluster, repeats), median_seconds(bare_gemm, repeats)
         seconds_by_count[tokens.shape[1]] = seconds_by_count.get(tokens.shape[1], 0.0) + seconds
-        print(f"{block:5} {str(tuple(tokens.shape)):>18} {str(counts):>10} {seconds:13.3f} {gemm:9.4f} "
-              f"{seconds / gemm:6.2f}")
+        print(f"{block:5} {str(tuple(tokens.shape)):>18} {str(counts):>10} {seconds:13.3f} {gemm_seconds:9.4f} "
+              f"{seconds / gemm_seconds:6.2f}")
     total = sum(seconds_by_count.values())
     print("share of the clustering by N: " + ", ".join(
         f"N = {count}: {seconds / total:.0%}" for count, seconds in seconds_by_count.items()) + "\n")
