@@ -337,10 +337,10 @@ def load_in_progress(output_dir: Path, finished: dict[str, list[dict]]) -> dict[
 
 def in_progress_markdown(runs: dict[str, list[dict]], finished: dict[str, list[dict]], epochs: int) -> str:
     """Test top-1 after each epoch of the unfinished runs, beside the finished runs of the same seeds."""
-    seeds = {run["seed"] for seeds in runs.values() for run in seeds}
-    rows = [(f"{name} seed {run['seed']} (in progress)", run) for name, seeds_ in runs.items() for run in seeds_]
-    rows += [(f"{name} seed {run['seed']}", run) for name, seeds_ in finished.items() for run in seeds_
-             if run["seed"] in seeds]
+    in_progress_seeds = {run["seed"] for seeds in runs.values() for run in seeds}
+    rows = [(f"{name} seed {run['seed']} (in progress)", run) for name, seeds in runs.items() for run in seeds]
+    rows += [(f"{name} seed {run['seed']}", run) for name, seeds in finished.items() for run in seeds
+             if run["seed"] in in_progress_seeds]
     lines = ["", "Runs still in progress: test top-1 after each epoch, with the finished runs of the same seeds.", "",
              "| Run | Epochs done | Test top-1 after epoch 1, 2, ... (%) |", "|---|---:|---|"]
     lines += [f"| {label} | {len(run['epochs'])}/{epochs} | "

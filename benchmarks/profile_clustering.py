@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
-from bench_speed import clustered_shapes, clustering_inputs, distance_gemms, median_seconds  # noqa: E402
+from bench_speed import clustering_inputs, distance_gemms, median_seconds  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
 from clustr_hf import clustering  # noqa: E402
 from conftest import photo_batch  # noqa: E402
@@ -42,11 +42,12 @@ def labelled(name, function):
     return call
 
 
-def print_per_block(model, pixel_values, repeats):
-    """Each clustered block's clustering against the bare GEMM of its tokens, and each token count's share."""
+def print_per_block(inputs, repeats):
+    """Each clustered block's clustering against the bare GEMM of its tokens (`inputs` from `clustering_inputs`), and
+    each token count's share."""
     print(f"{'block':>5} {'tokens (B, N, C)':>18} {'counts':>10} {'clustering s':>13} {'GEMM s':>9} {'ratio':>6}")
     seconds_by_count = {}
-    for block, (tokens, counts) in enumerate(clustering_inputs(model, pixel_values)):
+    for block, (tokens, counts) in enumerate(inputs):
         cluster, bare_gemm = lambda: clustering.density_peaks(tokens, counts), lambda: torch.bmm(tokens, tokens.mT)
         cluster(), bare_gemm()  # warm-up
         seconds, gemm_seconds = median_seconds(cluster, repeats), median_seconds(bare_gemm, repeats)
@@ -71,9 +72,10 @@ def main():
     torch.manual_seed(0)
     model = ClusTRModel(ClusTRConfig.from_variant(args.model)).eval()
     pixel_values = photo_batch((args.size, args.size))
+    inputs = clustering_inputs(model, pixel_values)
     if args.per_block:
-        print_per_block(model, pixel_values, args.repeats)
-    gemms = distance_gemms(clustered_shapes(model, pixel_values), pixel_values.device)
+        print_per_block(inputs, args.repeats)
+    gemms = distance_gemms([tuple(tokens.shape) for tokens, _ in inputs], pixel_values.device)
     gemms()
     start = time.perf_counter()
     gemms()

@@ -88,15 +88,19 @@ def gemm_operands(tokens, dtype) -> Operands:
                     norms[..., 0].double().sqrt())
 
 
-def rounding_bound(operands, row_norm, column_norm):
-    """Bound on the rounding of the GEMM entries (i, j) for centred norms `row_norm` and `column_norm` (broadcast).
+def rounding_factor(operands) -> float:
+    """f such that `f (|x_i| + |x_j|)^2` bounds the rounding of the GEMM entry (i, j).
 
     Centring and the C+2 term sums round by at most `(2C + 8) u (|x_i| + |x_j|)^2` (`u` the unit roundoff); the
     `(1 - u)^2` divisor covers the centring's rounding when a norm is itself bounded through a distance.
     """
     unit_roundoff = torch.finfo(operands.rows.dtype).eps / 2
-    factor = (2 * (operands.rows.shape[-1] - 2) + 8) * unit_roundoff / (1 - unit_roundoff) ** 2
-    return factor * (row_norm + column_norm) ** 2
+    return (2 * (operands.rows.shape[-1] - 2) + 8) * unit_roundoff / (1 - unit_roundoff) ** 2
+
+
+def rounding_bound(operands, row_norm, column_norm):
+    """Bound on the rounding of the GEMM entries (i, j) for centred norms `row_norm` and `column_norm` (broadcast)."""
+    return rounding_factor(operands) * (row_norm + column_norm) ** 2
 
 
 def listed_radius(operands, largest, row_norm):
@@ -109,7 +113,7 @@ def listed_radius(operands, largest, row_norm):
     """
     largest = largest.double()
     worst_case = largest - rounding_bound(operands, row_norm, operands.norm.amax(1, keepdim=True))
-    factor = rounding_bound(operands, 1.0, 0.0)
+    factor = rounding_factor(operands)
     slack = (largest - 4 * factor * row_norm**2).clamp_min(0)  # (1 + f) s^2 + 4 f a s = slack, s = sqrt R
     root = slack / (2 * factor * row_norm + torch.sqrt(4 * (factor * row_norm) ** 2 + (1 + factor) * slack))
     near = torch.where(slack > 0, root, 0.0).square() * (1 - 1e-9)  # the margin absorbs this evaluation's rounding
