@@ -10,10 +10,16 @@ One run measures side by side, for ClusTR b2 and b0 (random weights, real photos
   gemms    the distance GEMMs alone: one batched (B, N, C) x (B, C, N) product per clustered block of the model;
   pvtv2    transformers' PvtV2Model with the matching PVTv2 configuration (b2 against PVTv2-b2, b0 against PVTv2-b0);
 forward latency at each --sizes (median of --repeats runs after a warm-up, the variants interleaved run by run so that
-load changes hit them alike), the extra peak resident memory of a forward, and a training step (forward and backward
-of the image classifiers) at the first size. Prints a table and the issues' targets, writes results JSON and a PNG plot.
+load changes hit them alike), the extra peak memory of a forward, and a training step (forward and backward of the
+image classifiers) at the first size. Prints a table and the issues' targets, writes results JSON and a PNG plot.
 
-    python benchmarks/bench_speed.py                       # everything (about 15-25 minutes on 2 quiet cores)
+Peak memory on a GPU is the allocator's peak, read in the timed runs. On a CPU it is the resident set's high-water
+mark above its level before the forward, read in a fresh process per model and size (`peak_memory_in_child`), where
+glibc returns every freed buffer to the system at once: in a long-lived process glibc's adaptive threshold keeps
+freed buffers on its heap, and the same forward's high-water mark then varies from run to run (b0 448, exact mode:
+270 MiB in one run, 1.3-1.6 GB in the next).
+
+    python benchmarks/bench_speed.py                       # everything (about an hour on 2 quiet cores)
     python benchmarks/bench_speed.py --sizes 224 --models b0 --repeats 3   # a quick look
 """
 
@@ -25,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -133,11 +140,12 @@ def distance_gemms(shapes, device):
 
 
 class Memory:
-    """Extra peak memory of a call: resident set high-water mark on Linux CPUs, allocator peak on GPUs."""
+    """Extra peak memory of a call: allocator peak on GPUs; with `resident`, resident set high-water mark on Linux
+    CPUs (trustworthy only where glibc returns freed buffers at once, see `peak_memory_in_child`)."""
 
-    def __init__(self, device):
+    def __init__(self, device, resident=False):
         self.device = device
-        self.libc = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
+        self.libc = ctypes.CDLL("libc.so.6") if resident and platform.system() == "Linux" else None
 
     def _status(self, field):
         with open("/proc/self/status") as status:
@@ -196,6 +204,41 @@ def load_average():
     return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
+def build_models(name, device):
+    """ClusTR (exact and pooled, the same random weights) and PvtV2Model of variant `name`, in eval mode."""
+    torch.manual_seed(0)
+    clustr = ClusTRModel(ClusTRConfig.from_variant(name)).to(device).eval()
+    pvt = PvtV2Model(PvtV2Config(**PVT_V2_CONFIGS[name])).to(device).eval()
+    return clustr, pooled_copy(clustr), pvt
+
+
+def peak_memory_in_child(name, size, variants, batch_size, threads):
+    """Extra peak resident memory (bytes) of one forward of each of `variants` of model `name` at `size`, measured in a
+    fresh process whose glibc unmaps every freed buffer above 128 KiB at once (`MALLOC_MMAP_THRESHOLD_`).
+
+    That setting makes the high-water mark the forward's own peak, stable from run to run, but allocation slower
+    (b2 224 forward 1.4x), so only memory is measured there. A PVTv2 forward first initialises the libraries' buffers.
+    """
+    command = [sys.executable, __file__, "--memory-of", name, str(size), *variants, "--batch-size", str(batch_size),
+               "--threads", str(threads)]
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    output = subprocess.run(command, env=environment, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.splitlines()[-1])
+
+
+def print_child_peak_memory(name, size, variants, batch_size, threads):
+    """The child's side of `peak_memory_in_child`: prints the peaks as a JSON line."""
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    clustr, pooled, pvt = build_models(name, device)
+    pixel_values = photo_batch((size, size))[:batch_size]
+    shapes = clustered_shapes(clustr, pixel_values)
+    calls = forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle="oracle" in variants)
+    memory = Memory(device, resident=True)
+    calls["pvtv2"]()
+    print(json.dumps({variant: memory.measure(calls[variant])[1] for variant in variants}))
+
+
 def pooled_copy(model):
     """`model` with the same weights in the pooled clustering mode."""
     config = model.config.to_dict()
@@ -243,17 +286,14 @@ def training_calls(name, pixel_values, device):
 def run(args):
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    memory = Memory(device)
+    memory = Memory(device)  # the GPU's allocator peak; on a CPU, `peak_memory_in_child` measures memory
     report = {
         "settings": {**vars(args), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                      "load_average_start": load_average()},
         "forward": {}, "training": {},
     }
     for name in args.models:
-        torch.manual_seed(0)
-        clustr = ClusTRModel(ClusTRConfig.from_variant(name)).to(device).eval()
-        pvt = PvtV2Model(PvtV2Config(**PVT_V2_CONFIGS[name])).to(device).eval()
-        pooled = pooled_copy(clustr)
+        clustr, pooled, pvt = build_models(name, device)
         report["forward"][name] = {}
         oracle_seconds_per_distance = None  # oracle time / sum of B N^2 over the clustered blocks, from the last size
         oracle_bytes_per_distance = None  # oracle peak memory / the largest N^2 of a block, from the last size
@@ -274,6 +314,11 @@ def run(args):
             calls = forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle)
             limit = None if size in args.oracle_sizes else args.oracle_limit
             results = measure_interleaved(calls, args.repeats, memory, limit)
+            if device.type == "cpu":
+                measured = [variant for variant, result in results.items() if result["runs_s"]]
+                peaks = peak_memory_in_child(name, size, measured, args.batch_size, args.threads)
+                for variant, peak in peaks.items():
+                    results[variant]["peak_bytes"] = peak
             if with_oracle:
                 oracle_seconds = results["oracle"]["median_s"] or results["oracle"]["warmup_s"]
                 oracle_seconds_per_distance = oracle_seconds / distances
@@ -403,7 +448,12 @@ def main():
     parser.add_argument("--oracle-sizes", nargs="*", type=int, default=[224, 448],
                         help="sizes where the reference formulation runs whatever its time (the targets need them)")
     parser.add_argument("--output", type=Path, default=HERE / "results", help="folder for speed.json and speed.png")
+    parser.add_argument("--memory-of", nargs="+", metavar="MODEL SIZE VARIANT",
+                        help="internal: print the peak memory of the variants' forwards (see peak_memory_in_child)")
     args = parser.parse_args()
+    if args.memory_of:
+        name, size, *variants = args.memory_of
+        return print_child_peak_memory(name, int(size), variants, args.batch_size, args.threads)
     args.sizes = sorted(args.sizes)
     report = run(args)
     print_summary(report)
