@@ -14,7 +14,8 @@ weights, four real photos), this prints the share of the N^2 products such a pas
 Groups are k-means clusters of the tokens (`--group-sizes` tokens on average; 10 Lloyd iterations from a seeded
 sample, a favourable grouping at no charge) or square tiles of the token grid. Then it times, for one image, the
 group- and chunk-granularity products (gather of the kept columns and one GEMM per group or chunk, nothing else)
-against the dense GEMM of all N^2 products in `smallest_distances`' chunks, both median of 5 after a warm-up.
+against the dense GEMM of all N^2 products in `smallest_distances`' chunks, both median of 5 after a warm-up; and
+a whole pruned kNN pass with the bounds a real pass has (`real_bound_pass`, a prototype) against `smallest_distances`.
 
     python benchmarks/knn_pruning.py [--model b2] [--size 448] [--group-sizes 16 64] [--threads 2]
 """
@@ -32,7 +33,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
 
 from bench_speed import clustering_inputs, median_seconds  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
-from clustr_hf.clustering import CHUNK_DISTANCES  # noqa: E402
+from clustr_hf.clustering import CHUNK_DISTANCES, gemm_operands, smallest_distances  # noqa: E402
 from conftest import photo_batch  # noqa: E402
 
 
@@ -42,8 +43,8 @@ def kth_distances(tokens, k: int, chunk: int = 1024):
                       for start in range(0, tokens.shape[0], chunk)])
 
 
-def kmeans_groups(tokens, num_groups: int, iterations: int = 10):
-    """Group (N,) of every token: Lloyd's k-means from `num_groups` tokens drawn with a fixed seed."""
+def kmeans_centres(tokens, num_groups: int, iterations: int):
+    """`num_groups` centres (G, C) of Lloyd's k-means on `tokens`, from tokens drawn with a fixed seed."""
     generator = torch.Generator().manual_seed(0)
     centres = tokens[torch.randperm(tokens.shape[0], generator=generator)[:num_groups]]
     for _ in range(iterations):
@@ -51,7 +52,48 @@ def kmeans_groups(tokens, num_groups: int, iterations: int = 10):
         sums = torch.zeros_like(centres).index_add_(0, group, tokens)
         counts = torch.bincount(group, minlength=num_groups)[:, None]
         centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-    return torch.cdist(tokens, centres).argmin(1)
+    return centres
+
+
+def kmeans_groups(tokens, num_groups: int, iterations: int = 10):
+    """Group (N,) of every token: its nearest of the k-means centres of all tokens."""
+    return torch.cdist(tokens, kmeans_centres(tokens, num_groups, iterations)).argmin(1)
+
+
+def real_bound_pass(tokens, group_size: int, k: int, count: int):
+    """A ball-pruned kNN pass with the bounds a real one has: the `count` nearest (N, count) and the share of the N^2
+    products it formed. A prototype for timing only (no float32 rounding bound, no float64 certification).
+
+    Groups are k-means on a sample (three Lloyd iterations, eight tokens per centre). A group's members meet the
+    members of the three groups of nearest centre (their own included) for an upper bound on each k-th distance,
+    then, in one GEMM, the members of every group that one of them cannot rule out.
+    """
+    num_tokens = tokens.shape[0]
+    num_groups = num_tokens // group_size
+    sample = tokens[torch.randperm(num_tokens, generator=torch.Generator().manual_seed(1))[: 8 * num_groups]]
+    centres = kmeans_centres(sample, num_groups, iterations=3)
+    to_centres = torch.cdist(tokens, centres)
+    group = to_centres.argmin(1)
+    own_distance = to_centres.gather(1, group[:, None])[:, 0]
+    radius = torch.zeros(num_groups, dtype=tokens.dtype).scatter_reduce_(0, group, own_distance, "amax")
+    lower_bound = to_centres - radius
+    order = torch.argsort(group, stable=True)
+    sorted_group = group[order]
+    nearest_groups = torch.cdist(centres, centres).topk(3, largest=False).indices
+    squared_norms = tokens.square().sum(1)
+    nearest, formed = torch.zeros(num_tokens, count, dtype=torch.long), 0
+    for rows in order.split(torch.bincount(group, minlength=num_groups).tolist()):
+        if not len(rows):
+            continue
+        near = order[torch.isin(sorted_group, nearest_groups[group[rows[0]]])]
+        upper_bound = torch.cdist(tokens[rows], tokens[near]).topk(min(k, len(near)), largest=False).values[:, -1]
+        if len(near) < k:
+            upper_bound.fill_(float("inf"))
+        columns = order[(lower_bound[rows] < upper_bound[:, None]).any(0)[sorted_group]]
+        distances = squared_norms[columns] - 2 * tokens[rows] @ tokens[columns].T
+        nearest[rows] = columns[distances.topk(min(count, len(columns)), largest=False).indices]
+        formed += len(rows) * len(columns)
+    return nearest, formed / num_tokens**2
 
 
 def tile_groups(num_tokens: int, tile: int):
@@ -152,6 +194,17 @@ def main():
     for label, call in calls.items():
         call()
         print(f"{label:>22}: {median_seconds(call, 5):.4f} s", flush=True)
+    centred = image_tokens - image_tokens.mean(0)
+    operands = gemm_operands(centred[None], torch.float32)
+    count = 2 * k
+    print(f"\nimage 0, whole kNN pass ({count} nearest of every token, median of 3):")
+    dense_pass = lambda: smallest_distances(operands.rows, operands.columns, count, chunk_size=256)  # noqa: E731
+    dense_pass()
+    print(f"{'smallest_distances':>22}: {median_seconds(dense_pass, 3):.3f} s (all N^2 products)", flush=True)
+    _, share = real_bound_pass(centred, args.group_sizes[0], k, count)
+    pruned_pass = lambda: real_bound_pass(centred, args.group_sizes[0], k, count)  # noqa: E731
+    print(f"{'real_bound_pass':>22}: {median_seconds(pruned_pass, 3):.3f} s ({share:.0%} of the products, k-means "
+          f"groups of {args.group_sizes[0]})", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,11 @@ def test_kept_groups_hold_every_true_neighbour_and_coarser_sets_keep_more():
     assert token_products <= min(group_products, chunk_products) and chunk_products <= 256**2
     assert group_products < 256**2 / 2  # tight groups: most products pruned
     assert sorted(torch.cat(sets["group"]).tolist()) == list(range(256))
+
+
+def test_real_bound_pass_finds_the_true_nearest_and_prunes():
+    tokens = clustered_tokens()
+    nearest, share = knn_pruning.real_bound_pass(tokens, group_size=16, k=5, count=5)
+    expected = torch.cdist(tokens, tokens).topk(5, largest=False).indices
+    assert torch.equal(nearest.sort(1).values, expected.sort(1).values)
+    assert share < 0.5
