@@ -1,4 +1,4 @@
-"""Could an exact kNN pass form fewer than the N^2 distance products? Ball pruning measured with ideal bounds.
+"""Could an exact kNN pass form fewer than the N^2 distance products? Ball pruning, with ideal and real bounds.
 
 Issue 4's speed targets leave the whole clustering less time than the distance GEMMs themselves (see
 `benchmarks/README.md`), so they need a kNN pass that skips products. The exact way to skip them is ball pruning:
@@ -11,8 +11,8 @@ weights, four real photos), this prints the share of the N^2 products such a pas
     group:  each group's tokens against the groups none of them rules out (one small GEMM per group);
     chunk:  `--chunk` consecutive tokens, ordered by group, against the groups none of them rules out (GEMM rows).
 
-Groups are k-means clusters of the tokens (`--group-sizes` tokens on average; 10 Lloyd iterations from a seeded
-sample, a favourable grouping at no charge) or square tiles of the token grid. Then it times, for one image, the
+Groups are k-means clusters of the tokens (`--group-sizes` tokens on average; 10 Lloyd iterations over all tokens
+from centres drawn with a fixed seed, a favourable grouping at no charge) or square tiles of the token grid. Then it times, for one image, the
 group- and chunk-granularity products (gather of the kept columns and one GEMM per group or chunk, nothing else)
 against the dense GEMM of all N^2 products in `smallest_distances`' chunks, both median of 5 after a warm-up; and
 a whole pruned kNN pass with the bounds a real pass has (`real_bound_pass`, a prototype) against `smallest_distances`.
