@@ -12,10 +12,11 @@ weights, four real photos), this prints the share of the N^2 products such a pas
     chunk:  `--chunk` consecutive tokens, ordered by group, against the groups none of them rules out (GEMM rows).
 
 Groups are k-means clusters of the tokens (`--group-sizes` tokens on average; 10 Lloyd iterations over all tokens
-from centres drawn with a fixed seed, a favourable grouping at no charge) or square tiles of the token grid. Then it times, for one image, the
-group- and chunk-granularity products (gather of the kept columns and one GEMM per group or chunk, nothing else)
-against the dense GEMM of all N^2 products in `smallest_distances`' chunks, both median of 5 after a warm-up; and
-a whole pruned kNN pass with the bounds a real pass has (`real_bound_pass`, a prototype) against `smallest_distances`.
+from centres drawn with a fixed seed, a favourable grouping at no charge) or square tiles of the token grid. Then it
+times, for one image, the group- and chunk-granularity products (gather of the kept columns and one GEMM per group or
+chunk, nothing else) against the dense GEMM of all N^2 products in `smallest_distances`' chunks, both median of 5
+after a warm-up; and a whole pruned kNN pass with the bounds a real pass has (`real_bound_pass`, a prototype) against
+`smallest_distances`.
 
     python benchmarks/knn_pruning.py [--model b2] [--size 448] [--group-sizes 16 64] [--threads 2]
 """
@@ -60,6 +61,19 @@ def kmeans_groups(tokens, num_groups: int, iterations: int = 10):
     return torch.cdist(tokens, kmeans_centres(tokens, num_groups, iterations)).argmin(1)
 
 
+def ball_lower_bounds(to_centres, own_distance, group):
+    """Lower bound (N, G) on the distance from token i to any token of group B: |x_i - c_B| - r_B, from the tokens'
+    distances `to_centres` (N, G) and each token's `own_distance` to its group's centre (r_B: their largest in B)."""
+    radius = torch.zeros(to_centres.shape[1], dtype=to_centres.dtype).scatter_reduce_(0, group, own_distance, "amax")
+    return to_centres - radius
+
+
+def group_members(group):
+    """The tokens in group order (N,), and the members of every non-empty group, ascending by group."""
+    order = torch.argsort(group, stable=True)
+    return order, [rows for rows in order.split(torch.bincount(group).tolist()) if len(rows)]
+
+
 def real_bound_pass(tokens, group_size: int, k: int, count: int):
     """A ball-pruned kNN pass with the bounds a real one has: the `count` nearest (N, count) and the share of the N^2
     products it formed. A prototype for timing only (no float32 rounding bound, no float64 certification).
@@ -74,17 +88,13 @@ def real_bound_pass(tokens, group_size: int, k: int, count: int):
     centres = kmeans_centres(sample, num_groups, iterations=3)
     to_centres = torch.cdist(tokens, centres)
     group = to_centres.argmin(1)
-    own_distance = to_centres.gather(1, group[:, None])[:, 0]
-    radius = torch.zeros(num_groups, dtype=tokens.dtype).scatter_reduce_(0, group, own_distance, "amax")
-    lower_bound = to_centres - radius
-    order = torch.argsort(group, stable=True)
+    lower_bound = ball_lower_bounds(to_centres, to_centres.gather(1, group[:, None])[:, 0], group)
+    order, members = group_members(group)
     sorted_group = group[order]
     nearest_groups = torch.cdist(centres, centres).topk(3, largest=False).indices
     squared_norms = tokens.square().sum(1)
     nearest, formed = torch.zeros(num_tokens, count, dtype=torch.long), 0
-    for rows in order.split(torch.bincount(group, minlength=num_groups).tolist()):
-        if not len(rows):
-            continue
+    for rows in members:
         near = order[torch.isin(sorted_group, nearest_groups[group[rows[0]]])]
         upper_bound = torch.cdist(tokens[rows], tokens[near]).topk(min(k, len(near)), largest=False).values[:, -1]
         if len(near) < k:
@@ -109,18 +119,15 @@ def needed_groups(tokens, group, kth):
     sizes = torch.bincount(group, minlength=num_groups)
     centres = torch.zeros(num_groups, tokens.shape[1], dtype=tokens.dtype).index_add_(0, group, tokens)
     centres = centres / sizes.clamp_min(1)[:, None]
-    radius = torch.zeros(num_groups, dtype=tokens.dtype).scatter_reduce_(
-        0, group, (tokens - centres[group]).norm(dim=1), "amax")
-    lower_bound = torch.cdist(tokens, centres) - radius
+    lower_bound = ball_lower_bounds(torch.cdist(tokens, centres), (tokens - centres[group]).norm(dim=1), group)
     return sizes, (lower_bound < kth[:, None]) & (sizes > 0)
 
 
 def row_sets(group, chunk: int):
     """The token sets the group and chunk granularities compute together: the groups, and `chunk` consecutive tokens
     in group order."""
-    order = torch.argsort(group, stable=True)
-    groups = [order[group[order] == g] for g in torch.unique(group)]
-    return {"group": groups, "chunk": list(order.split(chunk))}
+    order, members = group_members(group)
+    return {"group": members, "chunk": list(order.split(chunk))}
 
 
 def kept_products(need, sizes, rows) -> int:
