@@ -40,12 +40,12 @@ import torch
 
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 import clustr_hf.modeling_clustr as modeling_clustr  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRForImageClassification, ClusTRModel  # noqa: E402
 from clustr_hf.clustering import DensityPeaks, density_peaks  # noqa: E402
-from conftest import photo_batch  # noqa: E402
+from clustr_hf.testing_utils import photo_batch  # noqa: E402
 from reference_clustering import reference_density_peaks  # noqa: E402
 from transformers import PvtV2Config, PvtV2ForImageClassification, PvtV2Model  # noqa: E402
 

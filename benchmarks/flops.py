@@ -27,14 +27,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from bench_speed import clustering, free_assignment  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
 from clustr_hf import clustering as clustering_module  # noqa: E402
 from clustr_hf.clustering import density_peaks  # noqa: E402
 from clustr_hf.publishing import PAPER_GFLOPS  # noqa: E402
-from conftest import photo  # noqa: E402
+from clustr_hf.testing_utils import photo  # noqa: E402
 
 
 

@@ -20,12 +20,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests"), str(HERE)]
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from bench_speed import clustering_inputs, distance_gemms, median_seconds  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
 from clustr_hf import clustering  # noqa: E402
-from conftest import photo_batch  # noqa: E402
+from clustr_hf.testing_utils import photo_batch  # noqa: E402
 
 
 STEPS = [

@@ -1,26 +1,31 @@
-"""DPC-kNN: density-peaks clustering of tokens with k nearest neighbours (ALGORITHM.md section 3).
+"""DPC-kNN: density-peaks clustering of tokens with k nearest neighbours (docs/algorithm.md, section 3).
 
-Exact, without ever holding the N x N distance matrix: distances come `chunk_size` rows at a time from one batched
-GEMM, reduced at once, so memory is O(chunk_size * N) per image. Three passes:
+Exact, without ever holding the N x N distance matrix, and in a number of operators that does not depend on the batch:
+distances come a chunk of rows at a time from one GEMM over the whole batch and are reduced at once (memory
+O(chunk x N) per image, chunks sized per device), and every step treats all images together. The steps:
 
-1. the k nearest neighbours of every token (its density), block minima pruning the selection so that it costs little
-   beside the GEMM;
-2. the nearest denser token (its delta), read off the neighbour lists for all tokens but the few local density peaks,
-   which alone are searched, among their denser tokens only;
-3. the nearest centre of every token, one pass serving every scale.
+1. `nearest_neighbours`: the 2k nearest tokens of every token, with exact distances: its density;
+2. `nearest_denser`: the nearest denser token of every token (its delta), read off the neighbour lists for all tokens
+   but the local density peaks, which alone are searched;
+3. `rank_centres`: the tokens of largest rho * delta, best first;
+4. `assign_to_centres`: the nearest centre of every token, one pass serving every scale.
 
 Float32 prunes, float64 decides. A float32 GEMM's rounding (relative to the tokens' norms, not to their distances)
 would otherwise decide between near-equal distances that the float64 reference tells apart, as flat image regions
-produce by the hundred. So pass 1 keeps `2k` float32 candidates per token, recomputes their distances by direct
-float64 differences (equal tokens exactly 0 apart) and certifies, with a rigorous bound on the float32 rounding, that
-no other token is nearer; pass 3 certifies that the runner-up centre is farther by more than twice the bound. The
-tokens either pass cannot certify are redone with a float64 GEMM, as are pass 2's searches (few rows). The redone
-tokens and the searched peaks are data-dependent subsets; under tracing or export every token is redone and searched
-instead, the same result with static shapes. The batch only batches the GEMMs: every image is clustered on its own.
+produce by the hundred. So step 1 keeps 2k float32 candidates per token, recomputes their distances by direct float64
+differences and certifies, with a rigorous bound on the float32 rounding, that no other token is nearer; step 4
+certifies that the runner-up centre is farther by more than twice the bound. The tokens a float32 pass cannot certify
+are redone with a float64 GEMM, those of all images at once (`redo_uncertain`), as are step 2's searches: one host
+sync each, three per call. Under torch.compile or export, where shapes cannot depend on data, a fixed share of every
+image's tokens is redone instead and `torch.cond` redoes them all when more are in doubt: the same clusters, no sync.
+
+Non-finite tokens (NaN or inf) are farther from every token than any finite pair: they are never the neighbours or
+centres of finite tokens and join cluster 0, so the finite tokens of an image with at least k of them get the clusters
+they would get without the others.
 
 `pooled_density_peaks` is the opt-in scalable mode (`clustering_mode="pooled"`), not the paper's clustering: density
-peaks of the token grid average-pooled to a few cells per cluster, then every token joins the nearest chosen cell
-mean, so that a block costs O(N M) instead of O(N^2).
+peaks of the token grid average-pooled to a few cells per cluster, then every token joins the nearest chosen cell mean,
+so that a block costs O(N M) instead of O(N^2).
 """
 
 import functools
@@ -30,9 +35,14 @@ from typing import NamedTuple
 import torch
 
 
-CHUNK_DISTANCES = 2**21
-"""Distances per image a GEMM chunk of the kNN pass produces at most (8 MB of float32): larger chunks leave the
-cache before they are reduced (measured twice as slow at N = 12544)."""
+FAR = torch.finfo(torch.float32).max / 16
+"""GEMM offset of non-finite tokens: farther than any finite pair, finite in float32 (the chunks' padding is inf)."""
+DENSE_TOKENS = 1024
+"""Images of at most this many tokens are clustered from their whole float64 distance matrix (8 MB per image at most):
+few operators and no host sync, where the certified float32 passes would pay more in launches than they save."""
+REDONE_SHARE = {"neighbours": 1 / 4, "peaks": 1 / 16, "assignment": 1 / 16}
+"""Under static shapes, the share of each image's tokens a step redoes in float64 before it falls back to redoing them
+all: well above what real photos need (b2 at 448, random weights: at most 13%, 3% and 0.3% of a block's tokens)."""
 
 
 def cluster_counts(num_tokens: int, reduction_ratio: int, scales) -> tuple[int, ...]:
@@ -46,46 +56,80 @@ def is_static() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def rows_where(mask):
-    """Ascending indices (B, S) of the rows where `mask` (B, N) holds, S the largest count of the batch (shorter lists
-    padded with other rows); every row when shapes must be static."""
-    if is_static():
-        return torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    count = int(mask.sum(1).max())
-    return torch.argsort(~mask, dim=1, stable=True)[:, :count].sort(dim=1).values
+def chunks(num_rows: int, row_length: int, device: torch.device, chunk_size: int | None):
+    """Slices of `chunk_size` rows, or by default of as many rows of `row_length` values as one chunk holds per image:
+    2**21 on a CPU (8 MB of float32, cache-sized; larger chunks leave the cache before they are reduced, measured
+    twice as slow at N = 12544), 2**23 on an accelerator (few, large GEMMs)."""
+    size = chunk_size or max(1, (2**21 if device.type == "cpu" else 2**23) // row_length)
+    return [slice(start, start + size) for start in range(0, num_rows, size)]
 
 
-def gather_rows(values, index):
+def gather_tokens(values, index):
     """`values` (B, N, ...) at the token indices `index` (B, ...) of the same image: (B, *index.shape[1:], ...)."""
-    batch_size, num_tokens = values.shape[:2]
-    offsets = torch.arange(batch_size, device=index.device).view(-1, *(1 for _ in index.shape[1:])) * num_tokens
-    return values.flatten(0, 1).index_select(0, (index + offsets).flatten()).view(*index.shape, *values.shape[2:])
+    if values.dim() == 2 and index.dim() == 2:
+        return values.gather(1, index)
+    return values[torch.arange(values.shape[0], device=index.device).view(-1, *(1,) * (index.dim() - 1)), index]
 
 
-def replace_rows(values, rows, replace, new_values):
-    """`values` (B, N, ...) with its rows at indices `rows` (B, S) set to `new_values` (B, S, ...) where `replace`."""
-    trailing = (1,) * (new_values.dim() - 2)
-    index = rows.view(*rows.shape, *trailing).expand_as(new_values)
-    kept = values.gather(1, index)
-    return values.scatter(1, index, torch.where(replace.view(*replace.shape, *trailing), new_values, kept))
+def joined(pieces, dim: int):
+    """`torch.cat(pieces, dim)`, without an operator for a single piece."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim)
+
+
+class Points(NamedTuple):
+    """The tokens (B, N, C + 1) in float64 for exact distances: non-finite tokens zeroed, with a last channel that is 0
+    for finite tokens and inf for the others, so that a direct difference puts them infinitely far."""
+
+    values: torch.Tensor
+    finite: torch.Tensor
+
+
+def exact_points(tokens) -> Points:
+    """`Points` of (B, N, C) tokens, and which are finite (B, N)."""
+    finite = torch.isfinite(tokens).all(-1)
+    far = torch.where(finite, 0.0, math.inf).to(torch.float64)[..., None]
+    return Points(torch.cat([torch.where(finite[..., None], tokens.double(), 0.0), far], dim=-1), finite)
+
+
+def exact_squared_distances(points: Points, index, others, chunk_size=None):
+    """`|x_i - x_j|^2` in float64 (B, R, m) of the tokens i at `index` (B, R; None for every token) and their `others`
+    (B, R, m) tokens j.
+
+    Direct differences: float32 tokens subtract and square exactly in float64, only the sum rounds, and equal tokens
+    are exactly 0 apart; inf where either token is not finite.
+    """
+    rows = points.values if index is None else gather_tokens(points.values, index)
+    distances = [(gather_tokens(points.values, others[:, chunk]) - rows[:, chunk, None]).square_().sum(-1)
+                 for chunk in chunks(others.shape[1], others.shape[-1] * rows.shape[-1], rows.device, chunk_size)]
+    return joined(distances, dim=1).nan_to_num_(nan=math.inf)  # two non-finite tokens: inf - inf
 
 
 class Operands(NamedTuple):
-    """GEMM operands of the centred tokens: `rows @ columns.T` is the matrix of squared distances; `norm` (B, N) holds
+    """GEMM operands of the centred tokens: `left @ right.T` is the matrix of squared distances; `norm` (B, N) holds
     the centred tokens' norms, from which `rounding_bound` bounds each entry's rounding."""
 
-    rows: torch.Tensor
-    columns: torch.Tensor
+    left: torch.Tensor
+    right: torch.Tensor
     norm: torch.Tensor
 
 
-def gemm_operands(tokens, dtype) -> Operands:
-    """Rows `[x_i, |x_i|^2, 1]` and columns `[-2 x_j, 1, |x_j|^2]` of the tokens centred in `dtype`."""
-    centred = tokens.to(dtype) - tokens.to(dtype).mean(dim=1, keepdim=True)
+def gemm_operands(points: Points) -> Operands:
+    """Float64 `left` rows `[x_i, |x_i|^2 + f_i, 1]` and `right` rows `[-2 x_j, 1, |x_j|^2 + f_j]` of the finite
+    tokens, centred; the offset f (`FAR` for non-finite tokens, zeroed, else 0) puts those farther from every token
+    than any finite pair, yet leaves the chunks' padding (inf) farther still."""
+    finite = points.finite[..., None]
+    values = points.values[..., :-1]
+    centred = torch.where(finite, values - values.sum(1, keepdim=True) / finite.sum(1, keepdim=True), 0)  # 0 / 0: none
     norms = centred.square().sum(-1, keepdim=True)
+    offset_norms = torch.where(finite, norms, FAR)
     ones = torch.ones_like(norms)
-    return Operands(torch.cat([centred, norms, ones], -1), torch.cat([-2 * centred, ones, norms], -1),
-                    norms[..., 0].double().sqrt())
+    return Operands(torch.cat([centred, offset_norms, ones], -1), torch.cat([-2 * centred, ones, offset_norms], -1),
+                    norms[..., 0].sqrt())
+
+
+def rounded_operands(operands: Operands, dtype) -> Operands:
+    """The float64 `operands` rounded to `dtype`: each entry rounds once, less than `rounding_factor` allows for."""
+    return Operands(operands.left.to(dtype), operands.right.to(dtype), operands.norm)
 
 
 def rounding_factor(operands) -> float:
@@ -94,8 +138,8 @@ def rounding_factor(operands) -> float:
     Centring and the C+2 term sums round by at most `(2C + 8) u (|x_i| + |x_j|)^2` (`u` the unit roundoff); the
     `(1 - u)^2` divisor covers the centring's rounding when a norm is itself bounded through a distance.
     """
-    unit_roundoff = torch.finfo(operands.rows.dtype).eps / 2
-    return (2 * (operands.rows.shape[-1] - 2) + 8) * unit_roundoff / (1 - unit_roundoff) ** 2
+    unit_roundoff = torch.finfo(operands.left.dtype).eps / 2
+    return (2 * (operands.left.shape[-1] - 2) + 8) * unit_roundoff / (1 - unit_roundoff) ** 2
 
 
 def rounding_bound(operands, row_norm, column_norm):
@@ -105,7 +149,7 @@ def rounding_bound(operands, row_norm, column_norm):
 
 def listed_radius(operands, largest, row_norm):
     """Squared radius (B, R) within which a row's every token is listed, the unlisted GEMM values being at least
-    `largest` (B, R).
+    `largest` (B, R); inf where `largest` is.
 
     The larger of two certified radii: the worst case, every token's norm at most the image's largest; and the
     largest R with `R + rounding_bound(|x_i|, |x_i| + sqrt R) <= largest`, since a token within sqrt R of x_i has
@@ -117,49 +161,33 @@ def listed_radius(operands, largest, row_norm):
     slack = (largest - 4 * factor * row_norm**2).clamp_min(0)  # (1 + f) s^2 + 4 f a s = slack, s = sqrt R
     root = slack / (2 * factor * row_norm + torch.sqrt(4 * (factor * row_norm) ** 2 + (1 + factor) * slack))
     near = torch.where(slack > 0, root, 0.0).square() * (1 - 1e-9)  # the margin absorbs this evaluation's rounding
-    return torch.maximum(worst_case, near).clamp_min(0)
+    return torch.fmax(worst_case, near).clamp_min(0)  # fmax: near is NaN (inf / inf) where largest is inf
 
 
-def exact_squared_distances(tokens, rows, others, chunk_size: int):
-    """`|x_i - x_j|^2` in float64 (B, S, m) for the tokens i at `rows` (B, S) and their `others` (B, S, m) tokens j.
-
-    Direct differences: float32 tokens subtract and square exactly in float64, only the sum rounds, and equal tokens
-    are exactly 0 apart.
-    """
-    tokens = tokens.double()
-    distances = []
-    for start in range(0, rows.shape[1], chunk_size):
-        chunk = slice(start, start + chunk_size)
-        differences = gather_rows(tokens, others[:, chunk]).sub_(gather_rows(tokens, rows[:, chunk])[:, :, None])
-        distances.append(differences.square_().sum(-1))
-    return torch.cat(distances, dim=1)
-
-
-def smallest_distances(rows, columns, count: int, chunk_size: int):
-    """Indices (B, R, count) of the `count` smallest entries of every row of `rows @ columns.T`, and their largest.
+def smallest_distances(left, right, count: int, chunk_size=None):
+    """Indices (B, R, count) of the `count` smallest entries of every row of `left @ right.T`, and their largest.
 
     Columns are grouped into blocks of `width`; the `count` smallest of a row lie in the `count` blocks of smallest
     minimum (any other block's entries are all at least as large as those minima), so a full-row reduction (block
     minima) and two short selections replace a selection over the whole row. Distances are laid out (B, N, rows):
     every reduction over columns then runs across rows, which vectorises.
     """
-    batch_size, num_tokens, _ = columns.shape
+    batch_size, num_tokens, _ = right.shape
     width = max(1, min(2 ** round(math.log2(math.sqrt(num_tokens / count))), num_tokens // count))
     num_blocks = -(-num_tokens // width)
-    padding = columns.new_zeros(batch_size, num_blocks * width - num_tokens, columns.shape[-1])
-    padding[..., -1] = float("inf")  # padded columns are infinitely far from every row
-    columns = torch.cat([columns, padding], dim=1)
-    chunk_size = min(chunk_size, max(16, CHUNK_DISTANCES // num_tokens))
-    indices, largest = [], []
-    for start in range(0, rows.shape[1], chunk_size):
-        chunk_rows = rows[:, start : start + chunk_size].transpose(1, 2)
-        distances = torch.bmm(columns, chunk_rows).unflatten(1, (num_blocks, width))
-        blocks = distances.amin(2).topk(count, dim=1, largest=False, sorted=False).indices
-        candidates = distances.gather(1, blocks[:, :, None].expand(-1, -1, width, -1)).flatten(1, 2)
-        values, nearest = candidates.topk(count, dim=1, largest=False, sorted=False)
-        indices.append((blocks.gather(1, nearest // width) * width + nearest % width).transpose(1, 2))
-        largest.append(values.amax(1))
-    return torch.cat(indices, dim=1), torch.cat(largest, dim=1)
+    padding = torch.zeros(num_blocks * width - num_tokens, right.shape[-1], dtype=right.dtype, device=right.device)
+    padding[:, -1] = math.inf  # padded columns are infinitely far from every row
+    right = torch.cat([right, padding.expand(batch_size, -1, -1)], dim=1)
+    blocks, positions, largest = [], [], []
+    for chunk in chunks(left.shape[1], num_tokens, left.device, chunk_size):
+        distances = torch.bmm(right, left[:, chunk].transpose(1, 2)).unflatten(1, (num_blocks, width))
+        chunk_blocks = distances.amin(2).topk(count, dim=1, largest=False, sorted=False).indices
+        candidates = distances.gather(1, chunk_blocks[:, :, None].expand(-1, -1, width, -1)).flatten(1, 2)
+        values, chunk_positions = candidates.topk(count, dim=1, largest=False, sorted=False)
+        blocks.append(chunk_blocks), positions.append(chunk_positions), largest.append(values.amax(1))
+    blocks, positions = joined(blocks, dim=2), joined(positions, dim=2)
+    index = blocks.gather(1, positions // width) * width + positions % width
+    return index.transpose(1, 2), joined(largest, dim=1)
 
 
 class Neighbours(NamedTuple):
@@ -171,168 +199,208 @@ class Neighbours(NamedTuple):
     radius: torch.Tensor
 
 
-def listed_neighbours(tokens, operands, rows, count: int, chunk_size: int) -> Neighbours:
-    """The `count` nearest tokens (by the `operands`' GEMM) of the tokens at `rows` (B, R), with exact distances.
+def listed_neighbours(points: Points, operands, index, count: int, chunk_size=None) -> Neighbours:
+    """The `count` nearest tokens (by the `operands`' GEMM) of the tokens at `index` (B, R; None for every token),
+    with exact distances.
 
-    Every token within the `listed_radius` (B, R) is listed.
+    Every token within the `listed_radius` (B, R) is listed: all of them when `count` is the number of tokens.
     """
-    index, largest = smallest_distances(gather_rows(operands.rows, rows), operands.columns, count, chunk_size)
-    radius = listed_radius(operands, largest, gather_rows(operands.norm, rows))
-    if count == tokens.shape[1]:
-        radius = torch.full_like(radius, float("inf"))
-    return Neighbours(index, exact_squared_distances(tokens, rows, index, chunk_size), radius)
+    left, norm = (operands.left, operands.norm) if index is None else (
+        gather_tokens(operands.left, index), gather_tokens(operands.norm, index))
+    listed, largest = smallest_distances(left, operands.right, count, chunk_size)
+    if count == points.values.shape[1]:
+        largest = torch.full_like(largest, math.inf)
+    return Neighbours(listed, exact_squared_distances(points, index, listed, chunk_size),
+                      listed_radius(operands, largest, norm))
 
 
-def decide_rows(decide, precisions, batch_size: int, num_tokens: int, device):
-    """`decide(operands, images, rows)` for every token with the first precision's `Operands`, then again with each
-    next precision for the tokens it left uncertain, image by image so that only those are computed.
+def every_token(per_token):
+    """The indices (B, N) of every token of each image, for any (B, N) tensor `per_token`."""
+    return torch.arange(per_token.shape[1], device=per_token.device).expand_as(per_token)
 
-    `decide` gets a slice `images` of the batch and token indices `rows` (b, R) of those images, and returns (b, R, ...)
-    tensors, the last of them the (b, R) uncertainty. The last precision's answers are final. When shapes must be
-    static, every token is redone.
+
+def redo_uncertain(decide, operands, answers, share: float):
+    """The (B, N, ...) `answers` but their last, the (B, N) uncertainty, with every uncertain token answered again by
+    `decide(operands, index)` for token indices `index` (B, R; None for every token), all images at once.
+
+    Eager, one host sync reads the largest count of an image, and R is that count (other images pad with certain
+    tokens, whose answers are kept). Under static shapes R is the `share` of N (at least 64), and `torch.cond` redoes
+    every token where some image has more uncertain ones.
     """
-    rows = torch.arange(num_tokens, device=device).expand(batch_size, -1)
-    first, *finer = precisions
-    results = decide(first, slice(None), rows)
-    for operands in finer:
-        if is_static():  # every token redone, the whole batch at once: no shape depends on the data or batch size
-            redone = decide(operands, slice(None), rows)
-            results = tuple(replace_rows(old, rows, results[-1], new) for old, new in zip(results, redone))
-            continue
-        if not results[-1].any():
-            break
-        images = []
-        for image in range(batch_size):
-            one = tuple(values[image : image + 1] for values in results)
-            rows = rows_where(one[-1])
-            if rows.shape[1]:
-                redone = decide(operands, slice(image, image + 1), rows)
-                replace = one[-1].gather(1, rows)
-                one = tuple(replace_rows(old, rows, replace, new) for old, new in zip(one, redone))
-            images.append(one)
-        results = tuple(torch.cat(parts) for parts in zip(*images))
-    return results
+    *answers, uncertain = answers
+
+    def replaced(index):
+        new_answers = decide(operands, index)[:-1]
+        redone = uncertain if index is None else uncertain.gather(1, index)
+        result = []
+        for old, new in zip(answers, new_answers):
+            trailing = (1,) * (new.dim() - 2)
+            if index is None:
+                result.append(torch.where(redone.view(*redone.shape, *trailing), new, old))
+                continue
+            spread = index.view(*index.shape, *trailing).expand_as(new)
+            result.append(old.scatter(1, spread, torch.where(redone.view(*redone.shape, *trailing), new,
+                                                              old.gather(1, spread))))
+        return tuple(result)
+
+    num_tokens = uncertain.shape[1]
+    if is_static():
+        capacity = max(64, math.ceil(share * num_tokens))
+        if capacity >= num_tokens:
+            return replaced(None)
+        index = uncertain.to(torch.uint8).topk(capacity, dim=1, sorted=False).indices
+        return torch.cond(uncertain.sum(1).amax() <= capacity, lambda: replaced(index), lambda: replaced(None))
+    count = int(uncertain.sum(1).amax())
+    if count == 0:
+        return tuple(answers)
+    return replaced(uncertain.to(torch.uint8).topk(count, dim=1, sorted=False).indices)
 
 
-def nearest_neighbours(tokens, precisions, k: int, chunk_size: int) -> Neighbours:
+def nearest_neighbours(points: Points, precisions, k: int, chunk_size=None) -> Neighbours:
     """The `2k` nearest tokens of every token, itself included, certain to contain its k nearest (3 step 2).
 
-    A token's list is certain when its k-th exact distance is within its radius; the others are redone with the next
-    precision. Lists come sorted by exact distance, nearest first.
+    A token's list is certain when its k-th exact distance is within its radius; the others are redone with the
+    float64 operands.
     """
-    count = min(2 * k, tokens.shape[1])
+    count = min(2 * k, points.values.shape[1])
 
-    def decide(operands, images, rows):
-        image_operands = Operands(*(values[images] for values in operands))
-        neighbours = listed_neighbours(tokens[images], image_operands, rows, count, chunk_size)
+    def decide(operands, index):
+        neighbours = listed_neighbours(points, operands, index, count, chunk_size)
         return (*neighbours, neighbours.distance.topk(k, dim=-1, largest=False).values[..., -1] > neighbours.radius)
 
-    *neighbours, _ = decide_rows(decide, precisions, *tokens.shape[:2], tokens.device)
-    index, distance, radius = neighbours
-    order = torch.sort(distance, dim=-1, stable=True).indices
-    return Neighbours(index.gather(-1, order), distance.gather(-1, order), radius)
+    first, *exact = precisions
+    answers = decide(first, None)
+    return Neighbours(*redo_uncertain(decide, exact[0], answers, REDONE_SHARE["neighbours"]) if exact else answers[:-1])
 
 
-def search_denser(rows, columns, positions, chunk_size: int):
-    """Position of the nearest denser token of the tokens at density-order `positions` (B, P), sorted ascending.
-
-    `rows` and `columns` are in density order, so the denser tokens of a token are exactly those before it and each
-    chunk of rows only meets the columns up to its last position.
-    """
-    nearest = []
-    for start in range(0, positions.shape[1], chunk_size):
-        chunk = positions[:, start : start + chunk_size]
-        end = min(start + chunk_size, positions.shape[1]) if is_static() else int(chunk.max()) + 1
-        distances = torch.bmm(gather_rows(rows, chunk), columns[:, :end].transpose(1, 2))
-        not_denser = torch.arange(end, device=chunk.device) >= chunk[..., None]
-        nearest.append(distances.masked_fill_(not_denser, float("inf")).argmin(-1))
-    return torch.cat(nearest, dim=1)
+def density_and_rank(listed_distance, finite, k: int, num_channels: int):
+    """The density (B, N) of every token from the exact squared distances (B, N, m >= k) of its listed nearest tokens
+    (3 step 2), and its rank in the density order: 0 the densest, ties to the lower index (3.3), non-finite last."""
+    mean_distance = listed_distance.topk(k, dim=-1, largest=False).values.mean(-1)
+    density = torch.where(finite, torch.exp(mean_distance / -num_channels), -1.0)
+    order = torch.sort(density, dim=1, descending=True, stable=True).indices
+    return density, torch.empty_like(order).scatter_(1, order, every_token(order))
 
 
-def nearest_denser(operands, neighbours: Neighbours, rank, order, chunk_size: int):
-    """Index of the nearest denser token of every token (B, N) (3 step 3), denser per 3.3: `rank` (0 = densest) and
-    its inverse `order` (the tokens densest first).
+def nearest_denser(operands, neighbours: Neighbours, rank, chunk_size=None):
+    """Index (B, N) of the nearest denser token of every token (3 step 3), denser meaning of lower `rank`.
 
     A listed denser token within the list's radius is the nearest denser one (no unlisted token is closer). The
-    others, local density peaks, are searched with the float64 `operands`; the densest of all gets itself.
+    others, local density peaks, are searched with the float64 `operands` among all tokens of lower rank; the
+    densest of all gets an arbitrary one.
     """
-    listed_denser = gather_rows(rank, neighbours.index) < rank[..., None]
+    listed_denser = gather_tokens(rank, neighbours.index) < rank[..., None]
     certain = listed_denser & (neighbours.distance <= neighbours.radius[..., None])
-    nearest = neighbours.index.gather(-1, certain.to(torch.uint8).argmax(-1, keepdim=True))[..., 0]  # nearest first
-    peak = ~certain.any(-1).gather(1, order)  # in density order
-    positions = rows_where(peak)
-    sorted_rows, sorted_columns = gather_rows(operands.rows, order), gather_rows(operands.columns, order)
-    found = order.gather(1, search_denser(sorted_rows, sorted_columns, positions, chunk_size))
-    return replace_rows(nearest, order.gather(1, positions), peak.gather(1, positions), found)
+    nearest_listed = neighbours.distance.masked_fill(~certain, math.inf).argmin(-1, keepdim=True)
+
+    def search(operands, index):
+        found = []
+        for chunk in chunks(index.shape[1], rank.shape[1], index.device, chunk_size):
+            distances = torch.bmm(gather_tokens(operands.left, index[:, chunk]), operands.right.transpose(1, 2))
+            not_denser = rank[:, None, :] >= gather_tokens(rank, index[:, chunk])[..., None]
+            found.append(distances.masked_fill_(not_denser, math.inf).argmin(-1))
+        return joined(found, dim=1), None
+
+    answers = (neighbours.index.gather(-1, nearest_listed)[..., 0], ~certain.any(-1))
+    return redo_uncertain(search, operands, answers, REDONE_SHARE["peaks"])[0]
 
 
-def rank_centres(density, denser_distance, num_channels: int, num_centres: int):
-    """The `num_centres` tokens of largest score `g = rho * delta`, best first, ties to the lower index (3 step 4).
+def rank_centres(points: Points, density, rank, denser, num_centres: int):
+    """The `num_centres` tokens of largest score `g = rho * delta`, best first, ties to the lower index (3 step 4),
+    delta being the exact distance to the `denser` token (B, N).
 
     The densest token has no denser token; the reference gives it `delta = max D`, which makes its score the
     largest of all, so scoring it `inf` ranks it exactly as the reference does.
     """
-    score = torch.where(torch.isinf(denser_distance), float("inf"), density * torch.sqrt(denser_distance / num_channels))
-    return torch.sort(score, dim=1, descending=True, stable=True).indices[:, :num_centres]
+    denser_distance = exact_squared_distances(points, None, denser[..., None])[..., 0]
+    score = density * torch.sqrt(denser_distance / (points.values.shape[-1] - 1))
+    return torch.sort(score.masked_fill(rank == 0, math.inf), dim=1, descending=True, stable=True).indices[
+        :, :num_centres]
 
 
-def nearest_centres(operands, rows, centres, counts, chunk_size: int):
-    """Nearest of the first `counts[s]` `centres` (b, M) for each scale s, of the tokens at `rows` (b, R): (b, R, S)
-    cluster numbers (ties to the lower), and whether some scale's runner-up is within twice the rounding bound."""
-    centre_columns = gather_rows(operands.columns, centres).transpose(1, 2)
-    largest_centre_norm = gather_rows(operands.norm, centres).amax(1, keepdim=True)
-    clusters, uncertain = [], []
-    for start in range(0, rows.shape[1], chunk_size):
-        chunk = rows[:, start : start + chunk_size]
-        distances = torch.bmm(gather_rows(operands.rows, chunk), centre_columns)
-        margin = 2 * rounding_bound(operands, gather_rows(operands.norm, chunk), largest_centre_norm)
-        nearest, close_call = [], torch.zeros_like(margin, dtype=torch.bool)
-        for count in counts:
-            candidates = distances[:, :, :count]
-            best = candidates.argmin(-1, keepdim=True)
-            runner_up = candidates.scatter(-1, best, float("inf")).amin(-1)
-            close_call |= runner_up - candidates.gather(-1, best)[..., 0] <= margin
-            nearest.append(best)
-        clusters.append(torch.cat(nearest, dim=-1))
-        uncertain.append(close_call)
-    return torch.cat(clusters, dim=1), torch.cat(uncertain, dim=1)
+def certified_centres(points: Points, precisions, num_centres: int, k: int, chunk_size=None):
+    """Token indices (B, num_centres) of every image's centres, best first (3 steps 1-4), from certified chunked
+    passes over the distances."""
+    neighbours = nearest_neighbours(points, precisions, k, chunk_size)
+    density, rank = density_and_rank(neighbours.distance, points.finite, k, points.values.shape[-1] - 1)
+    return rank_centres(points, density, rank, nearest_denser(precisions[-1], neighbours, rank, chunk_size),
+                        num_centres)
 
 
-def assign_to_centres(tokens, precisions, centres, counts, chunk_size: int):
-    """Nearest-centre cluster of every token for each scale (3 step 5); scale s uses the first `counts[s]` centres.
+def dense_centres(points: Points, num_centres: int, k: int):
+    """`certified_centres` for images of at most `DENSE_TOKENS` tokens, from the whole float64 distance matrix
+    (B, N, N), which it returns too: every decision on float64 GEMM values, as the certified passes' last resort."""
+    operands = gemm_operands(points)
+    distances = torch.bmm(operands.left, operands.right.transpose(1, 2))
+    listed = distances.topk(min(2 * k, distances.shape[-1]), dim=-1, largest=False, sorted=False).indices
+    listed_distance = exact_squared_distances(points, None, listed)
+    density, rank = density_and_rank(listed_distance, points.finite, k, points.values.shape[-1] - 1)
+    denser = distances.masked_fill(rank[:, None, :] >= rank[..., None], math.inf).argmin(-1)
+    return rank_centres(points, density, rank, denser, num_centres), distances
+
+
+def assign_to_centres(precisions, centres, counts, chunk_size=None):
+    """Nearest-centre cluster (B, scales, N) of every token for each scale (3 step 5); scale s uses the first
+    `counts[s]` `centres` (B, M), numbered in that order.
 
     One distance pass to the centres of the finest scale serves every scale; a scale with one cluster per token
-    needs none. Close calls are redone with the next precision. Ties go to the lower cluster number, and every centre
-    belongs to its own cluster.
+    needs none (`claim_centres` fills it). Close calls, where the runner-up is within twice the rounding bound, are
+    redone in float64. Ties go to the lower cluster number.
     """
-    batch_size, num_tokens, _ = tokens.shape
+    batch_size, num_tokens = precisions[0].norm.shape
     computed = [scale for scale, count in enumerate(counts) if count < num_tokens]
-    assignments = torch.zeros(batch_size, len(counts), num_tokens, dtype=torch.long, device=tokens.device)
-    if computed:
-        scale_counts = [counts[scale] for scale in computed]
-        candidates = centres[:, : max(scale_counts)]
+    assignments = torch.zeros(batch_size, len(counts), num_tokens, dtype=torch.long, device=centres.device)
+    if not computed:
+        return assignments
+    scale_counts = [counts[scale] for scale in computed]
+    candidates = centres[:, : max(scale_counts)]
 
-        def decide(operands, images, rows):
-            image_operands = Operands(*(values[images] for values in operands))
-            return nearest_centres(image_operands, rows, candidates[images], scale_counts, chunk_size)
+    def decide(operands, index):
+        centre_columns = gather_tokens(operands.right, candidates).transpose(1, 2)
+        margin = 2 * rounding_bound(operands, operands.norm if index is None else gather_tokens(operands.norm, index),
+                                    gather_tokens(operands.norm, candidates).amax(1, keepdim=True))
+        left = operands.left if index is None else gather_tokens(operands.left, index)
+        distances = joined([torch.bmm(left[:, chunk], centre_columns)
+                            for chunk in chunks(left.shape[1], candidates.shape[1], left.device, chunk_size)], dim=1)
+        nearest, close_call = [], torch.zeros_like(margin, dtype=torch.bool)
+        for count in scale_counts:
+            nearest.append(distances[..., :count].argmin(-1))
+            if count > 1:
+                two = distances[..., :count].topk(2, dim=-1, largest=False).values
+                close_call |= two[..., 1] - two[..., 0] <= margin
+        return torch.stack(nearest, dim=-1), close_call
 
-        clusters, _ = decide_rows(decide, precisions, batch_size, num_tokens, tokens.device)
-        assignments[:, computed] = clusters.transpose(1, 2)
-    return claim_centres(assignments, centres, counts)
+    first, *exact = precisions
+    answers = decide(first, None)
+    clusters = redo_uncertain(decide, exact[0], answers, REDONE_SHARE["assignment"])[0] if exact else answers[0]
+    assignments[:, computed] = clusters.transpose(1, 2)
+    return assignments
+
+
+def nearest_of_centres(distances, centres, counts):
+    """`assign_to_centres` from the whole float64 distance matrix (B, N, N) of `dense_centres`."""
+    to_centres = distances.gather(2, centres[:, None, :].expand(-1, distances.shape[1], -1))
+    return torch.stack([to_centres[..., :count].argmin(-1) for count in counts], dim=1)
 
 
 def claim_centres(assignments, centres, counts):
     """`assignments` (B, scales, N) with every centre in its own cluster: scale s's cluster c holds `centres[:, c]`."""
+    own_cluster = torch.arange(max(counts), device=centres.device).expand_as(centres)
     for scale, count in enumerate(counts):
-        own_cluster = torch.arange(count, device=centres.device).expand(centres.shape[0], count)
-        assignments[:, scale].scatter_(1, centres[:, :count], own_cluster)
+        assignments[:, scale].scatter_(1, centres[:, :count], own_cluster[:, :count])
     return assignments
 
 
-def gemm_precisions(tokens) -> tuple[Operands, ...]:
-    """The `Operands` each decision is tried with in turn: float32 first (unless the tokens are float64), then float64."""
-    exact = gemm_operands(tokens, torch.float64)
-    return (exact,) if tokens.dtype == torch.float64 else (gemm_operands(tokens, torch.float32), exact)
+def gemm_precisions(points: Points, dtype) -> tuple[Operands, ...]:
+    """The `Operands` each decision is tried with in turn: float32 first, then float64; float64 alone for float64
+    tokens, few tokens (`DENSE_TOKENS`), or where float32 products round more coarsely than float32 (TF32 or
+    bfloat16 matmuls allowed)."""
+    exact = gemm_operands(points)
+    reduced = torch.get_float32_matmul_precision() != "highest" or (
+        points.values.is_cuda and torch.backends.cuda.matmul.allow_tf32)
+    if dtype == torch.float64 or reduced or points.values.shape[1] <= DENSE_TOKENS:
+        return (exact,)
+    return rounded_operands(exact, torch.float32), exact
 
 
 def on_float64_device(cluster):
@@ -355,46 +423,50 @@ class DensityPeaks(NamedTuple):
     centres: torch.Tensor
 
 
+def check_arguments(tokens, counts, k: int, chunk_size) -> None:
+    """Reject arguments the clustering would otherwise fail on deep inside."""
+    if tokens.dim() != 3 or not tokens.is_floating_point():
+        raise ValueError(f"tokens must be a floating-point (batch, tokens, channels) tensor, got {tuple(tokens.shape)} "
+                         f"of {tokens.dtype}.")
+    if not counts or any(not 1 <= count <= tokens.shape[1] for count in counts):
+        raise ValueError(f"cluster_counts={counts} must be non-empty, each between 1 and the {tokens.shape[1]} "
+                         f"tokens.")
+    if k < 1 or chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"k={k} and chunk_size={chunk_size} must both be >= 1 (chunk_size None: chosen per device).")
+
+
 @on_float64_device
 @torch.no_grad()
-def density_peaks(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int = 256) -> DensityPeaks:
-    """Cluster each image's tokens at several scales with DPC-kNN (ALGORITHM.md section 3, ties as in 3.3).
+def density_peaks(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int | None = None) -> DensityPeaks:
+    """Cluster each image's tokens at several scales with DPC-kNN (docs/algorithm.md section 3, ties as in 3.3).
 
     Args:
         tokens: (B, N, C) token features; each image is clustered on its own.
         cluster_counts: clusters per scale, each in [1, N]; the centres of a scale are the first of the largest.
         k: neighbours of the kNN density, the token itself included (clipped to N).
-        chunk_size: rows of the distance matrix held at once per image; changes memory, never the result.
+        chunk_size: rows of the distance matrix held at once per image (None: chosen per device); changes memory,
+            never the result.
 
     Returns:
         `DensityPeaks`: (B, len(cluster_counts), N) cluster numbers, clusters numbered by descending centre score
         (3.2), and the centres' token indices.
     """
-    if tokens.dim() != 3 or not tokens.is_floating_point():
-        raise ValueError(f"tokens must be a floating-point (batch, tokens, channels) tensor, got {tuple(tokens.shape)} "
-                         f"of {tokens.dtype}.")
-    num_tokens, num_channels = tokens.shape[1:]
     counts = tuple(int(count) for count in cluster_counts)
-    if not counts or any(not 1 <= count <= num_tokens for count in counts):
-        raise ValueError(f"cluster_counts={counts} must be non-empty, each between 1 and the {num_tokens} tokens.")
-    if k < 1 or chunk_size < 1:
-        raise ValueError(f"k={k} and chunk_size={chunk_size} must both be >= 1.")
+    check_arguments(tokens, counts, k, chunk_size)
+    k = min(k, tokens.shape[1])
     with torch.autocast(device_type=tokens.device.type, enabled=False):
-        precisions = gemm_precisions(tokens)
-        exact = precisions[-1]
-        k = min(k, num_tokens)
-        neighbours = nearest_neighbours(tokens, precisions, k, chunk_size)
-        density = torch.exp(-neighbours.distance[..., :k].mean(-1) / num_channels)
-        order = torch.sort(density, dim=1, descending=True, stable=True).indices
-        rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_tokens, device=tokens.device).expand_as(order))
-        denser = nearest_denser(exact, neighbours, rank, order, chunk_size)
-        all_rows = torch.arange(num_tokens, device=tokens.device).expand_as(order)
-        denser_distance = exact_squared_distances(tokens, all_rows, denser[..., None], chunk_size)[..., 0]
-        centres = rank_centres(density, denser_distance.masked_fill(rank == 0, float("inf")), num_channels, max(counts))
-        return DensityPeaks(assign_to_centres(tokens, precisions, centres, counts, chunk_size), centres)
+        points = exact_points(tokens)
+        if tokens.shape[1] <= DENSE_TOKENS:
+            centres, distances = dense_centres(points, max(counts), k)
+            assignments = nearest_of_centres(distances, centres, counts)
+        else:
+            precisions = gemm_precisions(points, tokens.dtype)
+            centres = certified_centres(points, precisions, max(counts), k, chunk_size)
+            assignments = assign_to_centres(precisions, centres, counts, chunk_size)
+        return DensityPeaks(claim_centres(assignments, centres, counts), centres)
 
 
-def cluster_tokens(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int = 256) -> torch.LongTensor:
+def cluster_tokens(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int | None = None) -> torch.LongTensor:
     """The (B, len(cluster_counts), N) cluster assignments of `density_peaks`."""
     return density_peaks(tokens, cluster_counts, k, chunk_size).assignments
 
@@ -423,25 +495,15 @@ def cell_middles(height: int, width: int, grid, device) -> torch.Tensor:
     return (rows[:, None] * width + columns[None, :]).flatten()
 
 
-def join_nearest(tokens, features, counts, chunk_size: int = 256):
-    """Cluster (B, scales, N) of every token for each scale s: its nearest of the first `counts[s]` `features`
-    (B, M, C), decided as `assign_to_centres` decides (certified, ties to the lower)."""
-    num_features = features.shape[1]
-    candidates = torch.cat([features, tokens], dim=1)
-    first_rows = torch.arange(num_features, device=tokens.device).expand(tokens.shape[0], -1)
-    assignments = assign_to_centres(candidates, gemm_precisions(candidates), first_rows, counts, chunk_size)
-    return assignments[..., num_features:]
-
-
 @on_float64_device
 @torch.no_grad()
 def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5, tokens_per_cluster: int = 4,
-                         chunk_size: int = 256) -> DensityPeaks:
+                         chunk_size: int | None = None) -> DensityPeaks:
     """Scalable DPC-kNN: the centres are the density peaks of the token grid average-pooled to `tokens_per_cluster`
     cells per cluster of the finest scale, and every token joins the nearest chosen cell mean; O(N M) per image.
 
-    Both steps are `density_peaks`' certified exact ones (on the cells, then tokens to cell means), so a batch gives
-    the clusters of its images one at a time.
+    Both steps are `density_peaks`' certified exact ones (the cells' centres, then tokens to cell means), so a batch
+    gives the clusters of its images one at a time.
 
     Args:
         tokens: (B, N, C) token features in row-major order on the (height, width) `grid`.
@@ -459,23 +521,29 @@ def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5,
     counts = tuple(int(count) for count in cluster_counts)
     if tokens.dim() != 3 or tokens.shape[1] != height * width:
         raise ValueError(f"tokens {tuple(tokens.shape)} must be (batch, height * width, channels) for grid {grid}.")
-    if not counts or any(not 1 <= count <= tokens.shape[1] for count in counts):
-        raise ValueError(f"cluster_counts={counts} must be non-empty, each between 1 and the {tokens.shape[1]} tokens.")
-    if k < 1 or tokens_per_cluster < 1:
-        raise ValueError(f"k={k} and tokens_per_cluster={tokens_per_cluster} must both be >= 1.")
+    check_arguments(tokens, counts, k, chunk_size)
+    if tokens_per_cluster < 1:
+        raise ValueError(f"tokens_per_cluster={tokens_per_cluster} must be >= 1.")
+    num_centres = max(counts)
+    cells = pooled_grid(height, width, tokens_per_cluster * num_centres)
+    if cells == (height, width):  # too few tokens to pool: every cell is a token, so this is plain DPC-kNN
+        return density_peaks(tokens, counts, k, chunk_size)
     with torch.autocast(device_type=tokens.device.type, enabled=False):
-        if tokens.dtype != torch.float64:
-            tokens = tokens.float()
-        num_centres = max(counts)
-        cells = pooled_grid(height, width, tokens_per_cluster * num_centres)
-        if cells == (height, width):  # too few tokens to pool: every cell is a token, so this is plain DPC-kNN
-            return density_peaks(tokens, counts, k, chunk_size)
+        tokens = tokens if tokens.dtype == torch.float64 else tokens.float()
         pooled = torch.nn.functional.adaptive_avg_pool2d(tokens.transpose(1, 2).unflatten(2, grid), cells)
-        pooled = pooled.flatten(2).transpose(1, 2)
-        chosen = density_peaks(pooled, (num_centres,), k, chunk_size).centres
-        assignments = join_nearest(tokens, gather_rows(pooled, chosen), counts, chunk_size)
+        pooled_points = exact_points(pooled.flatten(2).transpose(1, 2))
+        if cells[0] * cells[1] <= DENSE_TOKENS:
+            chosen = dense_centres(pooled_points, num_centres, min(k, cells[0] * cells[1]))[0]
+        else:
+            chosen = certified_centres(pooled_points, gemm_precisions(pooled_points, tokens.dtype), num_centres, k,
+                                       chunk_size)
+        # The chosen cell means first, then the tokens: every token joins the nearest of the first counts[s] rows.
+        candidates = exact_points(torch.cat([gather_tokens(pooled_points.values[..., :-1], chosen), tokens.double()],
+                                            dim=1))
+        assignments = assign_to_centres(gemm_precisions(candidates, tokens.dtype), every_token(chosen), counts,
+                                        chunk_size)
         centres = cell_middles(height, width, cells, tokens.device)[chosen]
-        return DensityPeaks(claim_centres(assignments, centres, counts), centres)
+        return DensityPeaks(claim_centres(assignments[..., num_centres:], centres, counts), centres)
 
 
 __all__ = ["DensityPeaks", "capped_cluster_counts", "cluster_counts", "cluster_tokens", "density_peaks",

@@ -47,8 +47,9 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
             `1` means plain full self-attention (stage 4 of the released variants).
         cluster_scales (`list[int]`): multiples of the coarse cluster count attended at once (paper: 1 and 4).
         cluster_num_neighbors (`int`): the `k` of the kNN local density (paper: 5, the token itself included).
-        cluster_chunk_size (`int`): rows of the distance matrix the clustering holds at once per image; bounds its
-            memory to `cluster_chunk_size * N` distances without changing the result.
+        cluster_chunk_size (`int`, *optional*): rows of the distance matrix the clustering holds at once per image;
+            bounds its memory to `cluster_chunk_size * N` distances without changing the result. By default (None)
+            chosen per device: cache-sized chunks on a CPU, large ones on an accelerator.
         clustering_mode (`str`, defaults to `"exact"`): `"exact"` clusters all N tokens of a block with DPC-kNN as the
             paper does (O(N^2) per block); `"pooled"` scales to high resolution: the cluster counts are capped at
             `pooled_max_clusters`, the density peaks are found on the token grid average-pooled to
@@ -81,7 +82,7 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
     cluster_reduction_ratios: list[int] | tuple[int, ...] = (8, 4, 2, 1)
     cluster_scales: list[int] | tuple[int, ...] = (1, 4)
     cluster_num_neighbors: int = 5
-    cluster_chunk_size: int = 256
+    cluster_chunk_size: int | None = None
     clustering_mode: str = "exact"
     pooled_max_clusters: int = 49
     pooled_tokens_per_cluster: int = 4
@@ -147,8 +148,8 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
             )
         if self.cluster_num_neighbors < 1:
             raise ValueError(f"cluster_num_neighbors={self.cluster_num_neighbors} must be >= 1 (paper: 5).")
-        if self.cluster_chunk_size < 1:
-            raise ValueError(f"cluster_chunk_size={self.cluster_chunk_size} must be >= 1.")
+        if self.cluster_chunk_size is not None and self.cluster_chunk_size < 1:
+            raise ValueError(f"cluster_chunk_size={self.cluster_chunk_size} must be >= 1, or None to choose per device.")
         if self.clustering_mode not in CLUSTERING_MODES:
             raise ValueError(
                 f"clustering_mode={self.clustering_mode!r} is not one of {', '.join(map(repr, CLUSTERING_MODES))}; "

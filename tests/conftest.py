@@ -16,22 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))  # the oracle and helpers next to the tests
 torch.set_num_threads(2)
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-
-
-def photo(name: str = "astronaut", size=(64, 64)) -> torch.Tensor:
-    """A real RGB photo from skimage.data as a normalised (3, H, W) float tensor, resized to `size` (H, W)."""
-    from skimage import data
-
-    image = torch.from_numpy(getattr(data, name)().copy()).permute(2, 0, 1).float() / 255
-    image = torch.nn.functional.interpolate(image[None, :3], size=size, mode="bilinear", antialias=True)[0]
-    return (image - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def photo_batch(size=(64, 64), names=("astronaut", "coffee", "chelsea", "rocket")) -> torch.Tensor:
-    """A (len(names), 3, H, W) batch of different real photos."""
-    return torch.stack([photo(name, size) for name in names])
+from clustr_hf.testing_utils import photo, photo_batch  # noqa: E402, F401  (the tests import them from here)
 
 
 def tiny_config(**overrides):

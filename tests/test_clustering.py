@@ -87,9 +87,10 @@ def outlying_norms(generator):
 
 def test_listed_radius_holds_every_nearer_token():
     tokens = outlying_norms(torch.Generator().manual_seed(8))
-    operands = clustering.gemm_operands(tokens, torch.float32)
-    rows = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
-    neighbours = clustering.listed_neighbours(tokens, operands, rows, 10, chunk_size=64)
+    points = clustering.exact_points(tokens)
+    operands = clustering.rounded_operands(clustering.gemm_operands(points), torch.float32)
+    every_token = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+    neighbours = clustering.listed_neighbours(points, operands, every_token, 10, chunk_size=64)
     exact = (tokens.double()[:, :, None] - tokens.double()[:, None]).square().sum(-1)
     inside = exact < neighbours.radius[..., None]
     listed = torch.zeros_like(inside).scatter_(-1, neighbours.index, True)
@@ -103,8 +104,9 @@ def test_listed_radius_holds_every_nearer_token():
 
 def test_listed_radius_of_a_token_at_the_mean_is_zero_not_nan():
     tokens = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]])
-    operands = clustering.gemm_operands(tokens, torch.float32)
-    neighbours = clustering.listed_neighbours(tokens, operands, torch.arange(6)[None], 2, chunk_size=4)
+    points = clustering.exact_points(tokens)
+    operands = clustering.rounded_operands(clustering.gemm_operands(points), torch.float32)
+    neighbours = clustering.listed_neighbours(points, operands, torch.arange(6)[None], 2, chunk_size=4)
     assert neighbours.radius[0, 0] == 0 and not neighbours.radius.isnan().any()
 
 
