@@ -224,8 +224,8 @@ def redo_uncertain(decide, operands, answers, share: float):
     `decide(operands, index)` for token indices `index` (B, R; None for every token), all images at once.
 
     Eager, one host sync reads the largest count of an image, and R is that count (other images pad with certain
-    tokens, whose answers are kept). Under static shapes R is the `share` of N (at least 64), and `torch.cond` redoes
-    every token where some image has more uncertain ones.
+    tokens, whose answers are kept). Under static shapes R is the `share` of N, and `torch.cond` redoes every token
+    where some image has more uncertain ones.
     """
     *answers, uncertain = answers
 
@@ -245,11 +245,15 @@ def redo_uncertain(decide, operands, answers, share: float):
 
     num_tokens = uncertain.shape[1]
     if is_static():
-        capacity = max(64, math.ceil(share * num_tokens))
+        capacity = math.ceil(share * num_tokens)
         if capacity >= num_tokens:
             return replaced(None)
         index = uncertain.to(torch.uint8).topk(capacity, dim=1, sorted=False).indices
-        return torch.cond(uncertain.sum(1).amax() <= capacity, lambda: replaced(index), lambda: replaced(None))
+
+        def branch(index):  # torch.cond wants the same strides from both branches
+            return lambda: tuple(answer.contiguous() for answer in replaced(index))
+
+        return torch.cond(uncertain.sum(1).amax() <= capacity, branch(index), branch(None))
     count = int(uncertain.sum(1).amax())
     if count == 0:
         return tuple(answers)
@@ -294,11 +298,11 @@ def nearest_denser(operands, neighbours: Neighbours, rank, chunk_size=None):
     nearest_listed = neighbours.distance.masked_fill(~certain, math.inf).argmin(-1, keepdim=True)
 
     def search(operands, index):
-        found = []
-        for chunk in chunks(index.shape[1], rank.shape[1], index.device, chunk_size):
-            distances = torch.bmm(gather_tokens(operands.left, index[:, chunk]), operands.right.transpose(1, 2))
-            not_denser = rank[:, None, :] >= gather_tokens(rank, index[:, chunk])[..., None]
-            found.append(distances.masked_fill_(not_denser, math.inf).argmin(-1))
+        left, row_rank = (operands.left, rank) if index is None else (
+            gather_tokens(operands.left, index), gather_tokens(rank, index))
+        found = [torch.bmm(left[:, chunk], operands.right.transpose(1, 2))
+                 .masked_fill_(rank[:, None, :] >= row_rank[:, chunk, None], math.inf).argmin(-1)
+                 for chunk in chunks(left.shape[1], rank.shape[1], left.device, chunk_size)]
         return joined(found, dim=1), None
 
     answers = (neighbours.index.gather(-1, nearest_listed)[..., 0], ~certain.any(-1))
@@ -391,14 +395,20 @@ def claim_centres(assignments, centres, counts):
     return assignments
 
 
+@torch.compiler.assume_constant_result
+def float32_matmuls_round_coarser(device_type: str) -> bool:
+    """Whether float32 matmuls on `device_type` may round more coarsely than float32 (TF32 or bfloat16 allowed), so
+    that `rounding_factor`'s bound would not hold; read once when compiled."""
+    return torch.get_float32_matmul_precision() != "highest" or (
+        device_type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+
+
 def gemm_precisions(points: Points, dtype) -> tuple[Operands, ...]:
     """The `Operands` each decision is tried with in turn: float32 first, then float64; float64 alone for float64
-    tokens, few tokens (`DENSE_TOKENS`), or where float32 products round more coarsely than float32 (TF32 or
-    bfloat16 matmuls allowed)."""
+    tokens, few tokens (`DENSE_TOKENS`), or where float32 matmuls round more coarsely than float32."""
     exact = gemm_operands(points)
-    reduced = torch.get_float32_matmul_precision() != "highest" or (
-        points.values.is_cuda and torch.backends.cuda.matmul.allow_tf32)
-    if dtype == torch.float64 or reduced or points.values.shape[1] <= DENSE_TOKENS:
+    if (dtype == torch.float64 or points.values.shape[1] <= DENSE_TOKENS
+            or float32_matmuls_round_coarser(points.values.device.type)):
         return (exact,)
     return rounded_operands(exact, torch.float32), exact
 

@@ -6,14 +6,36 @@ wherever float32 could not, so they must match exactly too, flat regions and dup
 slow (Python loops, full matrix): the largest case (N = 12544) keeps its channel and cluster counts small.
 """
 
+import functools
+
 import pytest
 import torch
-from conftest import photo, photo_batch, tiny_config
+from conftest import photo_batch, tiny_config
 from dpc_knn_oracle import dpc_knn_oracle
 
 from clustr_hf import ClusTRModel
 from clustr_hf import clustering
 from clustr_hf.clustering import DensityPeaks, cluster_counts, cluster_tokens, density_peaks
+from clustr_hf.testing_utils import clustered_tokens
+
+
+@pytest.fixture(params=["dense", "certified"])
+def each_path(request, monkeypatch):
+    """Run the test with the clustering of few tokens (whole float64 matrix) and with the certified chunked passes."""
+    if request.param == "certified":
+        monkeypatch.setattr(clustering, "DENSE_TOKENS", 0)
+    return request.param
+
+
+@functools.cache
+def cached_oracle(tokens_bytes: bytes, shape, dtype, counts, k):
+    tokens = torch.frombuffer(bytearray(tokens_bytes), dtype=dtype).view(shape)
+    return dpc_knn_oracle(tokens, counts, k)
+
+
+def oracle(tokens, counts, k):
+    """`dpc_knn_oracle` of one image, computed once per tokens for the tests that run on both paths."""
+    return cached_oracle(tokens.contiguous().numpy().tobytes(), tuple(tokens.shape), tokens.dtype, tuple(counts), k)
 
 
 def assert_matches_oracle(tokens, counts, k=5, chunk_size=256):
@@ -22,7 +44,7 @@ def assert_matches_oracle(tokens, counts, k=5, chunk_size=256):
     assert clusters.assignments.shape == (tokens.shape[0], len(counts), tokens.shape[1])
     assert clusters.centres.shape == (tokens.shape[0], max(counts))
     for image in range(tokens.shape[0]):
-        expected = dpc_knn_oracle(tokens[image], counts, k)
+        expected = oracle(tokens[image], counts, k)
         mismatches = (clusters.assignments[image] != expected).sum().item()
         assert mismatches == 0, f"image {image}: {mismatches} of {expected.numel()} assignments differ from the oracle"
         for scale, count in enumerate(counts):
@@ -32,13 +54,9 @@ def assert_matches_oracle(tokens, counts, k=5, chunk_size=256):
 
 
 def photo_tokens(size, names=("astronaut",)):
-    """A real photo's stage-1 clustering input in the model: patch embedding, then the first block's LayerNorm (C=8)."""
+    """Real photos' stage-1 clustering input in a tiny model: patch embedding, then the first block's LayerNorm (C=8)."""
     torch.manual_seed(0)
-    stage = ClusTRModel(tiny_config()).encoder.stages[0]
-    pixels = torch.stack([photo(name, (size, size)) for name in names])
-    with torch.no_grad():
-        embeddings, _, _ = stage.patch_embeddings(pixels)
-        return stage.blocks[0].layer_norm_1(embeddings)
+    return clustered_tokens(ClusTRModel(tiny_config()), photo_batch((size, size), names))
 
 
 def with_duplicates(tokens, generator):
@@ -55,6 +73,7 @@ def with_duplicates(tokens, generator):
     "num_tokens, channels, counts",
     [(2, 3, (1, 2)), (9, 4, (2, 9)), (64, 8, (4, 16)), (300, 16, cluster_counts(300, 4, (1, 4))), (1000, 32, (62, 248))],
 )
+@pytest.mark.usefixtures("each_path")
 def test_random_float64_tokens_match_oracle(num_tokens, channels, counts):
     generator = torch.Generator().manual_seed(num_tokens)
     assert_matches_oracle(torch.randn(2, num_tokens, channels, dtype=torch.float64, generator=generator), counts)
@@ -67,6 +86,7 @@ def test_random_float32_tokens_match_oracle():
 
 
 @pytest.mark.parametrize("size, counts", [(112, (49, 196)), (224, (49, 196)), (448, (4, 16))])
+@pytest.mark.usefixtures("each_path")
 def test_photo_tokens_match_oracle(size, counts):
     # 224 and 448 hold flat regions (448: 831 duplicate tokens) where float32 distances cannot separate neighbours.
     tokens = photo_tokens(size)
@@ -110,17 +130,20 @@ def test_listed_radius_of_a_token_at_the_mean_is_zero_not_nan():
     assert neighbours.radius[0, 0] == 0 and not neighbours.radius.isnan().any()
 
 
+@pytest.mark.usefixtures("each_path")
 def test_outlying_norms_match_oracle():
     assert_matches_oracle(outlying_norms(torch.Generator().manual_seed(9)), (20, 80))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.usefixtures("each_path")
 def test_duplicate_tokens_tie_as_in_3_3(dtype):
     generator = torch.Generator().manual_seed(2)
     tokens = with_duplicates(torch.randn(2, 90, 6, dtype=dtype, generator=generator), generator)
     assert_matches_oracle(tokens, (5, 20, 90), k=4)
 
 
+@pytest.mark.usefixtures("each_path")
 def test_one_cluster_and_one_cluster_per_token():
     tokens = torch.randn(1, 50, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     clusters = assert_matches_oracle(tokens, (1, 50))
@@ -128,18 +151,21 @@ def test_one_cluster_and_one_cluster_per_token():
     assert torch.equal(clusters.assignments[0, 1, clusters.centres[0]], torch.arange(50))
 
 
+@pytest.mark.usefixtures("each_path")
 def test_k_larger_than_the_tokens():
     tokens = torch.randn(2, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     assert_matches_oracle(tokens, (2, 6), k=10)
 
 
+@pytest.mark.usefixtures("each_path")
 def test_single_token():
     clusters = density_peaks(torch.randn(3, 1, 4), (1, 1))
     assert torch.equal(clusters.assignments, torch.zeros(3, 2, 1, dtype=torch.long))
     assert torch.equal(clusters.centres, torch.zeros(3, 1, dtype=torch.long))
 
 
-def test_chunk_size_changes_nothing():
+def test_chunk_size_changes_nothing(monkeypatch):
+    monkeypatch.setattr(clustering, "DENSE_TOKENS", 0)  # the chunked passes, also at N = 784
     tokens = photo_tokens(112, names=("astronaut", "rocket"))
     reference = density_peaks(tokens, (49, 196), chunk_size=256)
     for chunk_size in (1, 7, 64, 5000):
@@ -148,6 +174,7 @@ def test_chunk_size_changes_nothing():
         assert torch.equal(clusters.centres, reference.centres), f"chunk_size={chunk_size}"
 
 
+@pytest.mark.usefixtures("each_path")
 def test_batch_equals_each_image_alone():
     names = ("astronaut", "coffee", "chelsea", "rocket")
     tokens = photo_tokens(112, names)
@@ -158,17 +185,41 @@ def test_batch_equals_each_image_alone():
         assert torch.equal(alone.centres[0], batch.centres[image])
 
 
-def test_static_shapes_path_gives_the_same_clusters(monkeypatch):
-    # Under tracing or export every row is redone and searched; the result must not change.
+@pytest.mark.parametrize("share", [None, 1e-9], ids=["redone-share", "share-exceeded"])
+def test_static_shapes_path_gives_the_same_clusters(monkeypatch, share):
+    # Under compilation or export a fixed share of the tokens is redone, or all of them when more are uncertain.
+    monkeypatch.setattr(clustering, "DENSE_TOKENS", 0)
     generator = torch.Generator().manual_seed(5)
     tokens = with_duplicates(photo_tokens(112, names=("rocket", "coffee")), generator)
     dynamic = density_peaks(tokens, (49, 196), chunk_size=100)
     monkeypatch.setattr(clustering, "is_static", lambda: True)
+    if share is not None:
+        monkeypatch.setattr(clustering, "REDONE_SHARE", dict.fromkeys(clustering.REDONE_SHARE, share))
     static = density_peaks(tokens, (49, 196), chunk_size=100)
     assert torch.equal(static.assignments, dynamic.assignments)
     assert torch.equal(static.centres, dynamic.centres)
 
 
+def test_non_finite_tokens_leave_the_other_tokens_clusters_as_they_were(each_path):
+    # A NaN or inf token is farther from every token than any finite pair: the finite tokens cluster as without it.
+    generator = torch.Generator().manual_seed(7)
+    num_tokens = 1100 if each_path == "certified" else 300
+    tokens = torch.randn(2, num_tokens, 6, generator=generator)
+    broken = torch.tensor([3, 40, 41, num_tokens - 1])
+    tokens[0, broken] = torch.tensor([float("nan"), float("inf"), -float("inf"), float("nan")])[:, None]
+    tokens[0, 41, 1:] = 0.5  # non-finite in one channel only
+    finite = torch.ones(num_tokens, dtype=torch.bool)
+    finite[broken] = False
+    counts = (20, 80)
+    clusters = density_peaks(tokens, counts)
+    alone = density_peaks(tokens[:1, finite], counts)
+    assert torch.equal(clusters.assignments[0][:, finite], alone.assignments[0])
+    assert torch.equal(clusters.centres[0], torch.nonzero(finite)[:, 0][alone.centres[0]])
+    assert torch.equal(clusters.assignments[0][:, broken], torch.zeros(2, len(broken), dtype=torch.long))
+    assert torch.equal(clusters.assignments[1:], density_peaks(tokens[1:], counts).assignments)
+
+
+@pytest.mark.usefixtures("each_path")
 def test_half_precision_tokens_cluster_like_their_float32_values():
     tokens = photo_tokens(112).to(torch.bfloat16)
     expected = density_peaks(tokens.float(), (49, 196))
