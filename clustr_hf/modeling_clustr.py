@@ -361,6 +361,14 @@ class ClusTRForImageClassification(ClusTRPreTrainedModel):
         """`labels`: class indices (B,) for single-label, multi-hot floats (B, num_labels) for multi-label, or
         targets for regression (`num_labels == 1`), per `config.problem_type`. Trainer's `num_items_in_batch` keeps the
         loss correct under gradient accumulation for all three."""
+        if labels is not None and self.config.problem_type is None:
+            # transformers' loss picks the problem type on first use and stores it in the config; picked here, before
+            # the encoder, because torch.compile loses a config mutation made after the clustering's torch.cond.
+            self.config.problem_type = (
+                "regression" if self.num_labels == 1
+                else "single_label_classification" if labels.dtype in (torch.long, torch.int)
+                else "multi_label_classification"
+            )
         outputs = self.clustr(
             pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
         )
