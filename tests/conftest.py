@@ -71,3 +71,6 @@ def run_without_clustr_hf(script: str, *args: str, cwd: Path, timeout: int = 600
 @pytest.fixture
 def config():
     return tiny_config()
+
+
+collect_ignore = ["transformers_tests"]  # transformers' shared test files, run through test_transformers_common.py
