@@ -332,6 +332,10 @@ class ClusTRPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """Stage 1's patch embedding, which embeds the pixels (what `enable_input_require_grads` hooks)."""
+        return self.base_model.encoder.stages[0].patch_embeddings
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers saves, after validating the config (it may have been changed since the model was built) so
         that nothing is written that would not load; a class registered for remote code (importing clustr_hf registers

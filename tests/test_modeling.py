@@ -66,49 +66,6 @@ def test_batch_gives_the_same_outputs_as_each_image_alone():
                 assert torch.equal(one[0], many[i])
 
 
-def test_eval_forward_is_deterministic():
-    model = classifier(tiny_config())
-    pixel_values = photo_batch((64, 64))
-    with torch.no_grad():
-        assert torch.equal(model(pixel_values).logits, model(pixel_values).logits)
-
-
-def test_return_dict_false_gives_the_same_values_as_a_tuple():
-    model = classifier(tiny_config())
-    pixel_values = photo_batch((32, 32))
-    labels = torch.tensor([0, 1, 2, 0])
-    with torch.no_grad():
-        as_dict = model(pixel_values, labels=labels, output_hidden_states=True)
-        as_tuple = model(pixel_values, labels=labels, output_hidden_states=True, return_dict=False)
-    assert isinstance(as_tuple, tuple) and len(as_tuple) == 3
-    assert torch.equal(as_tuple[0], as_dict.loss) and torch.equal(as_tuple[1], as_dict.logits)
-    assert all(torch.equal(a, b) for a, b in zip(as_tuple[2], as_dict.hidden_states))
-
-
-def test_output_hidden_states_from_the_config():
-    config = tiny_config(output_hidden_states=True)
-    with torch.no_grad():
-        outputs = ClusTRModel(config).eval()(photo_batch((32, 32)))
-    assert [h.shape[1] for h in outputs.hidden_states] == list(config.hidden_sizes)
-
-
-def test_attentions_hold_one_distribution_per_scale():
-    config = tiny_config()
-    model = ClusTRModel(config).eval()
-    pixel_values = photo_batch((64, 64), names=("astronaut", "rocket"))
-    with torch.no_grad():
-        outputs = model(pixel_values, output_attentions=True)
-    assert len(outputs.attentions) == sum(config.depths)
-    # Stage 1 has 16x16 tokens and 256 // 8**2 = 4 coarse clusters, 16 fine ones.
-    stage1 = outputs.attentions[0]
-    assert stage1.shape == (2, 1, 256, 4 + 16)
-    torch.testing.assert_close(stage1[..., :4].sum(-1), torch.ones(2, 1, 256))
-    torch.testing.assert_close(stage1[..., 4:].sum(-1), torch.ones(2, 1, 256))
-    # Stage 4 (ratio 1) attends to all of its 2x2 tokens.
-    assert outputs.attentions[-1].shape == (2, 4, 4, 4)
-    torch.testing.assert_close(outputs.attentions[-1].sum(-1), torch.ones(2, 4, 4))
-
-
 def test_cluster_assignments_are_the_dpc_knn_of_each_block_input():
     config = tiny_config(depths=[1, 1, 1, 1])
     model = ClusTRModel(config).eval()
@@ -150,25 +107,6 @@ def test_clustered_attention_is_the_weighted_cluster_mean_attention_of_the_spec(
             total = total + torch.softmax(q @ key.transpose(1, 2) / math.sqrt(4), dim=-1) @ value
         expected = attention.proj(total.transpose(0, 1).reshape(64, 8))
     torch.testing.assert_close(output[0], expected, rtol=1e-5, atol=1e-5)
-
-
-def test_save_and_load_give_identical_logits(tmp_path):
-    model = classifier(tiny_config())
-    model.save_pretrained(tmp_path)
-    loaded = ClusTRForImageClassification.from_pretrained(tmp_path).eval()
-    pixel_values = photo_batch((64, 64))
-    with torch.no_grad():
-        assert torch.equal(loaded(pixel_values).logits, model(pixel_values).logits)
-    assert (tmp_path / "model.safetensors").exists()
-
-
-def test_new_head_with_ignore_mismatched_sizes(tmp_path):
-    classifier(tiny_config()).save_pretrained(tmp_path)
-    model = ClusTRForImageClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
-    assert model.classifier.weight.shape == (5, 32)
-    base = ClusTRModel.from_pretrained(tmp_path)
-    assert torch.equal(base.encoder.stages[0].patch_embeddings.proj.weight,
-                       model.clustr.encoder.stages[0].patch_embeddings.proj.weight)
 
 
 def test_initialisation_follows_the_reference():
