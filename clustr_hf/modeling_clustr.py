@@ -4,6 +4,7 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -40,8 +41,13 @@ register_checkpoint_conversion_mapping(
     overwrite=True,
 )
 
-OUTPUT_KEYWORDS = ("output_attentions", "output_hidden_states", "output_cluster_assignments", "return_dict")
-"""The keywords every ClusTR model's forward takes besides its inputs."""
+class ClusTRKwargs(TypedDict, total=False):
+    """The keywords every ClusTR model's forward takes besides its inputs; the output flags default to the config's."""
+
+    output_attentions: bool | None
+    output_hidden_states: bool | None
+    output_cluster_assignments: bool | None
+    return_dict: bool | None
 
 
 def block_cluster_counts(config: ClusTRConfig, num_tokens: int, reduction_ratio: int) -> tuple[int, ...]:
@@ -282,7 +288,7 @@ class ClusTREncoder(nn.Module):
 def checked_keywords(forward):
     """Reject keywords a ClusTR forward does not take: a typo would otherwise be ignored. Keeps `forward`'s signature."""
     accepted = [name for name in inspect.signature(forward).parameters if name not in ("self", "kwargs")]
-    accepted += OUTPUT_KEYWORDS
+    accepted += ClusTRKwargs.__annotations__
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
@@ -333,8 +339,9 @@ class ClusTRPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
     def get_input_embeddings(self) -> nn.Module:
-        """Stage 1's patch embedding, which embeds the pixels (what `enable_input_require_grads` hooks)."""
-        return self.base_model.encoder.stages[0].patch_embeddings
+        """The convolution that embeds the pixels (stage 1's patch embedding), which `enable_input_require_grads`
+        hooks."""
+        return self.base_model.encoder.stages[0].patch_embeddings.proj
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers saves, after validating the config (it may have been changed since the model was built) so
@@ -395,7 +402,7 @@ class ClusTRModel(ClusTRPreTrainedModel):
         self.post_init()
 
     @checked_keywords
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> ClusTRModelOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[ClusTRKwargs]) -> ClusTRModelOutput:
         """`output_attentions`, `output_hidden_states` and `output_cluster_assignments` default to the config's."""
         if "output_cluster_assignments" in kwargs:  # capture_outputs records the centres under a flag of their own
             kwargs["output_cluster_centres"] = kwargs["output_cluster_assignments"]
@@ -426,7 +433,7 @@ class ClusTRForImageClassification(ClusTRPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
-        **kwargs,
+        **kwargs: Unpack[ClusTRKwargs],
     ) -> ClusTRImageClassifierOutput:
         """`labels`: class indices (B,) for single-label, multi-hot floats (B, num_labels) for multi-label, or
         targets for regression (`num_labels == 1`), per `config.problem_type`; a tensor or a (nested) list. Trainer's
@@ -476,7 +483,7 @@ class ClusTRBackbone(BackboneMixin, ClusTRPreTrainedModel):
     @can_return_tuple
     @filter_output_hidden_states
     @checked_keywords
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> ClusTRBackboneOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[ClusTRKwargs]) -> ClusTRBackboneOutput:
         """Keywords as ClusTRModel's."""
         outputs = self.clustr(pixel_values, **kwargs, return_dict=True)
         feature_maps = tuple(

@@ -173,7 +173,7 @@ class ClusTRModelTest(ModelTesterMixin, unittest.TestCase):
         """ClusTR embeds pixels with a strided convolution (stage 1's patch embedding), not an nn.Embedding of ids."""
         for model_class in self.all_model_classes:
             model = model_class(self.model_tester.get_config())
-            self.assertIs(model.get_input_embeddings(), model.base_model.encoder.stages[0].patch_embeddings)
+            self.assertIs(model.get_input_embeddings(), model.base_model.encoder.stages[0].patch_embeddings.proj)
             self.assertIsNone(model.get_output_embeddings())
 
 
