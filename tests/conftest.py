@@ -78,5 +78,5 @@ collect_ignore = ["transformers_tests"]  # transformers' shared test files, run 
 
 def pytest_configure(config):
     """The marks transformers' shared test files use (registered in transformers' own conftest)."""
-    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+    for mark in ("slow", "accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
         config.addinivalue_line("markers", f"{mark}: transformers' shared tests")
