@@ -12,8 +12,6 @@ from torchvision.ops import StochasticDepth
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.backbone_utils import BackboneMixin, filter_output_hidden_states
-from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
@@ -32,14 +30,10 @@ REMOTE_CODE_AUTO_MAP = {
 }
 """The config.json auto_map of a saved ClusTR model: each Auto class finds its ClusTR class in the saved .py files."""
 
-# Saved checkpoints name a clustered block's per-scale projections `attention.key_values.<scale>`; the modules are
-# `attention.cluster_key_values`. transformers renames on load and back on save, so every checkpoint, old or new, keeps
-# one format.
-register_checkpoint_conversion_mapping(
-    "clustr",
-    [WeightRenaming(source_patterns=r"attention\.key_values\.", target_patterns="attention.cluster_key_values.")],
-    overwrite=True,
-)
+LEGACY_KEYS = {r"attention\.key_values\.": "attention.cluster_key_values."}
+"""`from_pretrained`'s renaming of checkpoints saved before the clustered blocks' projections were named
+`cluster_key_values` (they were `key_values`, one letter from the full-attention blocks' `key_value`)."""
+
 
 class ClusTRKwargs(TypedDict, total=False):
     """The keywords every ClusTR model's forward takes besides its inputs; the output flags default to the config's."""
@@ -311,7 +305,9 @@ class ClusTRPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ClusTRLayer"]
     _supports_sdpa = True
     _can_record_outputs = {
-        "hidden_states": OutputRecorder(ClusTRStage, capture_initial_hidden_state=False, num_hidden_layers_key="num_stages"),
+        "hidden_states": OutputRecorder(
+            ClusTRStage, capture_initial_hidden_state=False, num_hidden_layers_key="num_stages"
+        ),
         "attentions": OutputRecorder(ClusTRAttention, index=1),
         "cluster_assignments": OutputRecorder(ClusTRClustering, index=0),
         "cluster_centres": OutputRecorder(ClusTRClustering, index=1),
@@ -337,6 +333,11 @@ class ClusTRPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+
+    @classmethod
+    def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs):
+        """As transformers loads, renaming the keys of older checkpoints (`LEGACY_KEYS`) after any `key_mapping`."""
+        return super().from_pretrained(*args, key_mapping={**(key_mapping or {}), **LEGACY_KEYS}, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         """The convolution that embeds the pixels (stage 1's patch embedding), which `enable_input_require_grads`

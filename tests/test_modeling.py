@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
+from safetensors.torch import load_file, save_file
 from conftest import photo, photo_batch, tiny_config
 from dpc_knn_oracle import dpc_knn_oracle
 
@@ -291,3 +292,16 @@ def test_heads_return_the_clusters_and_reject_misspelled_keywords(model_class):
     assert model(pixel_values).cluster_assignments is None
     with pytest.raises(TypeError, match="unexpected keyword argument.s. output_cluster_assignment; it takes pixel_values"):
         model(pixel_values, output_cluster_assignment=True)
+
+
+def test_checkpoints_with_the_former_key_values_names_load(tmp_path):
+    """The clustered blocks' projections were saved as `attention.key_values.<scale>` before they were renamed."""
+    model = classifier(tiny_config())
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    assert any(".attention.cluster_key_values.1.weight" in name for name in weights)
+    save_file({name.replace(".cluster_key_values.", ".key_values."): tensor for name, tensor in weights.items()},
+              tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = ClusTRForImageClassification.from_pretrained(tmp_path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
