@@ -7,6 +7,9 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# transformers' shared model tests of the installed version, from its source distribution (tests/test_transformers_common.py).
+TRANSFORMERS_TESTS := tests/transformers_tests/VERSION
+
 .PHONY: install test demo clean
 
 $(VENV)/.installed: setup.py
@@ -16,7 +19,10 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m pip install --quiet $(TORCH_PINS) -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+$(TRANSFORMERS_TESTS): $(VENV)/.installed tests/transformers_tests/fetch.py
+	$(PYTHON) tests/transformers_tests/fetch.py
+
+install: $(VENV)/.installed $(TRANSFORMERS_TESTS)
 
 test: install
 	$(PYTHON) -m pytest -q tests
@@ -25,4 +31,4 @@ demo: install
 	$(PYTHON) examples/demo.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache tests/transformers_tests/test_*_common.py $(TRANSFORMERS_TESTS)

@@ -25,6 +25,7 @@ setup(
         "dev": [
             "pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24", "matplotlib>=3.8", "tensorboard>=2.14",
             "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
+            "parameterized>=0.9",  # transformers' shared tests (tests/test_transformers_common.py)
         ],
         "train": ["scikit-learn>=1.5", "tensorboard>=2.14"],
         "viz": ["matplotlib>=3.8"],

@@ -7,7 +7,9 @@ from .configuration_clustr import VARIANTS, ClusTRConfig
 from .image_processing_clustr import ClusTRImageProcessor, ClusTRImageProcessorPil
 from .modeling_clustr import (
     ClusTRBackbone,
+    ClusTRBackboneOutput,
     ClusTRForImageClassification,
+    ClusTRImageClassifierOutput,
     ClusTRModel,
     ClusTRModelOutput,
     ClusTRPreTrainedModel,
@@ -34,8 +36,10 @@ ClusTRImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 __all__ = [
     "VARIANTS",
     "ClusTRBackbone",
+    "ClusTRBackboneOutput",
     "ClusTRConfig",
     "ClusTRForImageClassification",
+    "ClusTRImageClassifierOutput",
     "ClusTRImageProcessor",
     "ClusTRImageProcessorPil",
     "ClusTRModel",

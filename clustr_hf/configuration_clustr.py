@@ -98,8 +98,7 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
     _out_indices: list[int] | None = None
 
     def __post_init__(self, **kwargs):
-        if not self.depths:
-            raise ValueError("depths is empty; give the number of blocks of each stage, e.g. depths=[2, 2, 2, 2].")
+        self.validate_stage_lists()  # before the backbone fields, which would report a mismatch as bad out_features
         self.stage_names = [f"stage{idx}" for idx in range(1, len(self.depths) + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
@@ -117,15 +116,24 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
     def num_stages(self) -> int:
         return len(self.depths)
 
-    def validate_architecture(self):
-        """Reject inconsistent settings at construction, naming the field and the fix."""
-        num_stages = len(self.depths)
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers saves, after validating first: transformers validates only after writing the code file."""
+        self.validate()
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def validate_stage_lists(self):
+        """One entry per stage in every per-stage list."""
+        if not self.depths:
+            raise ValueError("depths is empty; give the number of blocks of each stage, e.g. depths=[2, 2, 2, 2].")
         for name in _PER_STAGE_FIELDS:
-            if len(getattr(self, name)) != num_stages:
+            if len(getattr(self, name)) != len(self.depths):
                 raise ValueError(
-                    f"{name} has {len(getattr(self, name))} entries but depths has {num_stages}; "
+                    f"{name} has {len(getattr(self, name))} entries but depths has {len(self.depths)}; "
                     f"give one value per stage."
                 )
+
+    def validate_architecture(self):
+        """Reject inconsistent settings, naming the field and the fix."""
         for name in ("depths", "hidden_sizes", "num_attention_heads", "patch_sizes", "strides"):
             if any(value < 1 for value in getattr(self, name)):
                 raise ValueError(f"{name}={list(getattr(self, name))} has a value below 1; every entry must be >= 1.")

@@ -12,17 +12,33 @@ resizes round: on skimage's photos by at most 2 grey levels per pixel (2 / (255 
 normalisation) and by less than 3e-4 on average (tests/test_image_processor.py).
 """
 
+import os
+
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
-from torchvision.transforms.v2 import functional as tvF
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
-from transformers.models.convnext.image_processing_convnext import ConvNextImageProcessor
 from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+from transformers.processing_utils import ImagesKwargs
+
+
+try:  # the torchvision backend; the PIL backend works without torchvision
+    from transformers.models.convnext.image_processing_convnext import ConvNextImageProcessor
+except ImportError:
+    ConvNextImageProcessor = None
 
 
 _MODULE = __name__.split(".")[-1]
 _ACCEPTED = "PIL images, numpy arrays or torch tensors (channels first or last), paths or URLs"
+_DEEP_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""PIL modes of more than 8 bits per pixel, which PIL's convert("RGB") would clip to black or white."""
+
+
+class ClusTRImageProcessorKwargs(ImagesKwargs, total=False):
+    """crop_pct (`float`): the crop's share of the resized shorter side (0.875: resize to 256, crop 224)."""
+
+    crop_pct: float
 
 
 def dtype_kind(image) -> str:
@@ -34,11 +50,54 @@ def dtype_kind(image) -> str:
     return "c" if image.dtype.is_complex else "f" if image.dtype.is_floating_point else "i"
 
 
-def checked_image(image, do_rescale: bool):
-    """One image as the backends expect it (2-D arrays get a channel axis); a clear error for what they would reject
-    obscurely or misread silently."""
-    if isinstance(image, (PIL.Image.Image, str)):
+def as_uint8(image, values: torch.Tensor):
+    """`values` rounded to uint8, as a numpy array or a tensor like `image`."""
+    pixels = values.round().to(torch.uint8)
+    return pixels.numpy() if isinstance(image, np.ndarray) else pixels
+
+
+def eight_bit_pixels(image, do_rescale: bool):
+    """The array or tensor `image` as both backends read it alike: 8-bit pixels as uint8 (16-bit ones scaled by
+    255 / 65535, floats in [0, 255] rounded when `do_rescale`); a clear error for values out of range."""
+    kind = dtype_kind(image)
+    if kind not in "uif":
+        raise ValueError(f"Images of dtype {image.dtype} are not supported; give uint8 pixels in [0, 255].")
+    if image.dtype in (np.uint8, torch.uint8):
         return image
+    values = torch.as_tensor(image).to(torch.float64)
+    low, high = values.min().item(), values.max().item()
+    if image.dtype in (np.uint16, torch.uint16):
+        return as_uint8(image, values / 257)
+    if kind in "ui":
+        if low < 0 or high > 255:
+            raise ValueError(f"Integer pixels of dtype {image.dtype} range from {low:g} to {high:g}, outside [0, 255]; "
+                             f"give 8-bit images as uint8 and 16-bit ones as uint16 (scaled to 8 bits).")
+        return as_uint8(image, values)
+    if not do_rescale:
+        if low < 0 or high > 1:
+            raise ValueError(f"Float pixels range from {low:g} to {high:g}, but do_rescale=False expects [0, 1]; "
+                             f"pass do_rescale=True for [0, 255] pixels.")
+        return image
+    if low < 0 or high > 255:
+        raise ValueError(f"Float pixels range from {low:g} to {high:g}, outside the [0, 255] that do_rescale=True "
+                         f"expects; rescale them to [0, 255] (or to [0, 1] and pass do_rescale=False).")
+    if high <= 1 and not torch.equal(values, values.round()):
+        raise ValueError("These float pixels are fractions between 0 and 1: [0, 1] data, which do_rescale=True "
+                         "would read as [0, 255] (nearly black); pass do_rescale=False, or give uint8 pixels.")
+    return as_uint8(image, values)
+
+
+def checked_image(image, do_rescale: bool):
+    """One image as both backends read it alike (2-D arrays get a channel axis, paths are opened, deep pixels
+    brought to 8 bits); a clear error for what they would reject obscurely or misread silently."""
+    if isinstance(image, os.PathLike) or isinstance(image, str) and os.path.isfile(image):
+        image = PIL.ImageOps.exif_transpose(PIL.Image.open(image))
+    if isinstance(image, str):  # a URL or base64, which the backends load
+        return image
+    if isinstance(image, PIL.Image.Image):
+        if image.mode not in _DEEP_PIL_MODES:
+            return image
+        image = np.array(image)
     if not isinstance(image, (np.ndarray, torch.Tensor)):
         raise TypeError(f"Unsupported image type {type(image).__name__}; ClusTR's image processors take {_ACCEPTED}.")
     shape = tuple(image.shape)
@@ -52,13 +111,7 @@ def checked_image(image, do_rescale: bool):
     if image.shape[0] not in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
         raise ValueError(f"An image of shape {shape} has no axis of 1 (greyscale), 3 (RGB) or 4 (RGBA) channels "
                          f"first or last; convert it to one of those.")
-    kind = dtype_kind(image)
-    if kind not in "uif":
-        raise ValueError(f"Images of dtype {image.dtype} are not supported; give uint8 pixels in [0, 255].")
-    if do_rescale and kind == "f" and float(image.max()) <= 1:
-        raise ValueError("These floating-point pixels lie in [0, 1], but do_rescale=True expects [0, 255]; "
-                         "give uint8 images, or pass do_rescale=False for images already in [0, 1].")
-    return image
+    return eight_bit_pixels(image, do_rescale)
 
 
 def checked_images(images, do_rescale: bool) -> list:
@@ -75,6 +128,7 @@ def checked_images(images, do_rescale: bool) -> list:
 class ClusTRImageProcessingMixin:
     """What both backends share: the defaults, the resize-then-crop, the crop placement and a two-backend auto_map."""
 
+    valid_kwargs = ClusTRImageProcessorKwargs
     resample = PILImageResampling.BICUBIC
     image_mean = IMAGENET_DEFAULT_MEAN
     image_std = IMAGENET_DEFAULT_STD
@@ -105,12 +159,13 @@ class ClusTRImageProcessingMixin:
         return self.center_crop(image, SizeDict(height=crop, width=crop))
 
     def center_crop(self, image, size: SizeDict, **kwargs):
-        """torchvision's centre crop (the reference's `transforms.CenterCrop`), channels-first tensor or array."""
+        """The centre crop of a channels-first tensor or array, placed as torchvision's `CenterCrop` (the
+        reference's) places it: offsets rounded half to even; the resized image is never smaller than the crop."""
         if size.height is None or size.width is None:
             raise ValueError(f"crop_size must have 'height' and 'width', got {dict(size)}.")
-        if isinstance(image, np.ndarray):
-            return tvF.center_crop(torch.from_numpy(image), [size.height, size.width]).numpy()
-        return tvF.center_crop(image, [size.height, size.width])
+        height, width = image.shape[-2:]
+        top, left = round((height - size.height) / 2), round((width - size.width) / 2)
+        return image[..., top : top + size.height, left : left + size.width]
 
     def to_dict(self):
         """As saved in preprocessor_config.json; a saved auto_map names the class of each backend, so that
@@ -124,23 +179,27 @@ class ClusTRImageProcessingMixin:
         return processor_dict
 
 
-class ClusTRImageProcessor(ClusTRImageProcessingMixin, ConvNextImageProcessor):
-    """ClusTR's evaluation transform with the torchvision backend (batched torch ops; the default).
-
-    Takes PIL images, numpy arrays and tensors (uint8 in [0, 255], channels first or last; greyscale and RGBA become
-    RGB), one or a list of mixed sizes; returns `pixel_values` (B, 3, crop, crop).
-    """
-
-    _convnext_class = ConvNextImageProcessor
-
-
 class ClusTRImageProcessorPil(ClusTRImageProcessingMixin, ConvNextImageProcessorPil):
     """ClusTR's evaluation transform with the PIL backend (PIL's bicubic resize, as the reference's pipeline).
 
-    Same inputs and outputs as `ClusTRImageProcessor`.
+    Same inputs and outputs as `ClusTRImageProcessor`; needs no torchvision.
     """
 
     _convnext_class = ConvNextImageProcessorPil
+
+
+if ConvNextImageProcessor is not None:
+
+    class ClusTRImageProcessor(ClusTRImageProcessingMixin, ConvNextImageProcessor):
+        """ClusTR's evaluation transform with the torchvision backend (batched torch ops; the default).
+
+        Takes PIL images (16-bit and float ones too), numpy arrays and tensors (channels first or last; uint8 in
+        [0, 255], uint16 scaled to 8 bits, other integers in [0, 255], floats in [0, 255], or in [0, 1] with
+        `do_rescale=False`; greyscale and RGBA become RGB), paths, one or a list of mixed sizes; returns
+        `pixel_values` (B, 3, crop, crop).
+        """
+
+        _convnext_class = ConvNextImageProcessor
 
 
 __all__ = ["ClusTRImageProcessor", "ClusTRImageProcessorPil"]

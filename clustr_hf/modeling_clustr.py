@@ -1,8 +1,10 @@
 """PyTorch ClusTR: a pyramid vision transformer with clustering-guided attention (ALGORITHM.md sections 1-2)."""
 
+import functools
+import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -14,8 +16,9 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .clustering import capped_cluster_counts, cluster_counts, density_peaks, pooled_density_peaks
+from .clustering import DensityPeaks, capped_cluster_counts, cluster_counts, density_peaks, pooled_density_peaks
 from .configuration_clustr import ClusTRConfig
 
 
@@ -27,6 +30,19 @@ REMOTE_CODE_AUTO_MAP = {
 }
 """The config.json auto_map of a saved ClusTR model: each Auto class finds its ClusTR class in the saved .py files."""
 
+LEGACY_KEYS = {r"attention\.key_values\.": "attention.cluster_key_values."}
+"""`from_pretrained`'s renaming of checkpoints saved before the clustered blocks' projections were named
+`cluster_key_values` (they were `key_values`, one letter from the full-attention blocks' `key_value`)."""
+
+
+class ClusTRKwargs(TypedDict, total=False):
+    """The keywords every ClusTR model's forward takes besides its inputs; the output flags default to the config's."""
+
+    output_attentions: bool | None
+    output_hidden_states: bool | None
+    output_cluster_assignments: bool | None
+    return_dict: bool | None
+
 
 def block_cluster_counts(config: ClusTRConfig, num_tokens: int, reduction_ratio: int) -> tuple[int, ...]:
     """Clusters per scale of a clustered block with `num_tokens` tokens: capped in the "pooled" clustering mode."""
@@ -35,12 +51,21 @@ def block_cluster_counts(config: ClusTRConfig, num_tokens: int, reduction_ratio:
     return cluster_counts(num_tokens, reduction_ratio, config.cluster_scales)
 
 
-def eager_attention_forward(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """Softmax attention written out, so that the probabilities can be returned; (B, N, heads, d) and (B, h, N, M)."""
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+def eager_attention_forward(
+    module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, scale_sizes=None, **kwargs
+):
+    """Softmax attention written out, so that the probabilities can be returned: the output (B, N, heads, d) and the
+    (B, heads, N, M) probabilities the values were multiplied by. With `scale_sizes` the M keys are the clusters of
+    several scales in turn, each scale's scores normalised on their own: the output is the sum of the scales'
+    attentions."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+        scores = scores + attention_mask
+    probabilities = [
+        nn.functional.softmax(part, dim=-1, dtype=torch.float32)
+        for part in scores.split(scale_sizes or [scores.shape[-1]], dim=-1)
+    ]
+    weights = (probabilities[0] if len(probabilities) == 1 else torch.cat(probabilities, dim=-1)).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
@@ -51,6 +76,22 @@ class ClusTRModelOutput(BaseModelOutputWithPooling):
     (stages with reduction ratio > 1, in order): `cluster_assignments` (B, scales, N) cluster numbers of the block's
     N tokens (row-major on the stage's grid), `cluster_centres` (B, clusters of the finest scale) the centres' token
     indices, best first; cluster c of any scale has centre `cluster_centres[..., c]`."""
+
+    cluster_assignments: tuple[torch.LongTensor, ...] | None = None
+    cluster_centres: tuple[torch.LongTensor, ...] | None = None
+
+
+@dataclass
+class ClusTRImageClassifierOutput(ImageClassifierOutput):
+    """`ImageClassifierOutput` plus the clusters of `ClusTRModelOutput` (with `output_cluster_assignments=True`)."""
+
+    cluster_assignments: tuple[torch.LongTensor, ...] | None = None
+    cluster_centres: tuple[torch.LongTensor, ...] | None = None
+
+
+@dataclass
+class ClusTRBackboneOutput(BackboneOutput):
+    """`BackboneOutput` plus the clusters of `ClusTRModelOutput` (with `output_cluster_assignments=True`)."""
 
     cluster_assignments: tuple[torch.LongTensor, ...] | None = None
     cluster_centres: tuple[torch.LongTensor, ...] | None = None
@@ -74,12 +115,30 @@ class ClusTRPatchEmbeddings(nn.Module):
         return self.layer_norm(embeddings.flatten(2).transpose(1, 2)), height, width
 
 
+class ClusTRClustering(nn.Module):
+    """DPC-kNN clusters of a block's tokens (2.2 steps 1-4). No parameters: a module of its own so that
+    `output_cluster_assignments` records its `DensityPeaks`."""
+
+    def __init__(self, config: ClusTRConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int, counts: tuple[int, ...]) -> DensityPeaks:
+        """The clusters of the (B, N, C) tokens on the (height, width) grid, `counts` clusters per scale."""
+        tokens = hidden_states.detach()
+        config = self.config
+        if config.clustering_mode == "pooled":
+            return pooled_density_peaks(tokens, (height, width), counts, config.cluster_num_neighbors,
+                                        config.pooled_tokens_per_cluster, config.cluster_chunk_size)
+        return density_peaks(tokens, counts, config.cluster_num_neighbors, config.cluster_chunk_size)
+
+
 class ClusTRAttention(nn.Module):
     """Multi-head attention whose keys and values are content clusters of the tokens (2.2), or all tokens (2.1).
 
     With `reduction_ratio > 1` the tokens are clustered by DPC-kNN at every scale, merged into score-weighted means
-    and projected to keys and values per scale; the full-resolution queries attend to each scale and the results are
-    summed. With `reduction_ratio == 1` it is plain self-attention.
+    and projected to keys and values per scale (`cluster_key_values`); the full-resolution queries attend to each scale
+    and the results are summed. With `reduction_ratio == 1` it is plain self-attention (`key_value`).
     """
 
     def __init__(self, config: ClusTRConfig, stage: int):
@@ -93,8 +152,9 @@ class ClusTRAttention(nn.Module):
         self.is_causal = False
         self.query = nn.Linear(self.hidden_size, self.hidden_size, bias=config.qkv_bias)
         if self.reduction_ratio > 1:
+            self.clustering = ClusTRClustering(config)
             self.score = nn.Linear(self.hidden_size, 1)
-            self.key_values = nn.ModuleList(
+            self.cluster_key_values = nn.ModuleList(
                 nn.Linear(self.hidden_size, 2 * self.hidden_size, bias=config.qkv_bias) for _ in config.cluster_scales
             )
         else:
@@ -116,43 +176,35 @@ class ClusTRAttention(nn.Module):
         weight_sums = hidden_states.new_zeros(batch_size, num_clusters, 1).scatter_add(1, index, weights)
         return totals / (weight_sums + 1e-6)
 
-    def cluster(self, hidden_states: torch.Tensor, height: int, width: int):
-        """The block's `DensityPeaks` clusters of its (B, N, C) tokens on the (height, width) grid and their counts."""
-        counts = block_cluster_counts(self.config, hidden_states.shape[1], self.reduction_ratio)
-        tokens = hidden_states.detach()
-        if self.config.clustering_mode == "pooled":
-            return pooled_density_peaks(tokens, (height, width), counts, self.config.cluster_num_neighbors,
-                                        self.config.pooled_tokens_per_cluster, self.config.cluster_chunk_size), counts
-        return density_peaks(tokens, counts, self.config.cluster_num_neighbors, self.config.cluster_chunk_size), counts
-
-    def forward(self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False):
-        """Returns the attention output (B, N, C) of the tokens on the (height, width) grid, the attention
-        probabilities if asked (see ClusTRModel), and the block's `DensityPeaks` clusters (None for full attention)."""
-        attention: Callable = eager_attention_forward
-        if not output_attentions:
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int, **kwargs):
+        """Returns the attention output (B, N, C) of the tokens on the (height, width) grid and, from the eager
+        attention (which `output_attentions=True` selects), the probabilities the values were multiplied by (see
+        ClusTRModel)."""
         query = self._heads(self.query(hidden_states))
-        clusters = None
         if self.reduction_ratio > 1:
-            clusters, counts = self.cluster(hidden_states, height, width)
-            key_value_sources = [
+            counts = block_cluster_counts(self.config, hidden_states.shape[1], self.reduction_ratio)
+            clusters = self.clustering(hidden_states, height, width, counts)
+            sources = [
                 (self.merge_clusters(hidden_states, clusters.assignments[:, scale], count), key_value)
-                for scale, (count, key_value) in enumerate(zip(counts, self.key_values))
+                for scale, (count, key_value) in enumerate(zip(counts, self.cluster_key_values))
             ]
         else:
-            key_value_sources = [(hidden_states, self.key_value)]
-
-        output, probabilities = 0, []
-        for source, key_value in key_value_sources:
-            key, value = key_value(source).chunk(2, dim=-1)
-            scale_output, weights = attention(
-                self, query, self._heads(key), self._heads(value), None,
-                dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
+            sources = [(hidden_states, self.key_value)]
+        keys, values = zip(*(key_value(source).chunk(2, dim=-1) for source, key_value in sources))
+        keys, values = [self._heads(key) for key in keys], [self._heads(value) for value in values]
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.config._attn_implementation == "eager" or kwargs.get("output_attentions"):
+            # One product over the clusters of all scales, so that the returned probabilities are on the output's path.
+            output, weights = eager_attention_forward(
+                self, query, torch.cat(keys, dim=2), torch.cat(values, dim=2), None, scaling=self.scaling,
+                dropout=dropout, scale_sizes=[key.shape[2] for key in keys],
             )
-            output = output + scale_output
-            probabilities.append(weights)
-        output = self.proj_dropout(self.proj(output.flatten(2)))
-        return output, torch.cat(probabilities, dim=-1) if output_attentions else None, clusters
+        else:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+            output, weights = 0, None
+            for key, value in zip(keys, values):
+                output = output + attention(self, query, key, value, None, dropout=dropout, scaling=self.scaling)[0]
+        return self.proj_dropout(self.proj(output.flatten(2))), weights
 
 
 class ClusTRFeedForward(nn.Module):
@@ -187,13 +239,10 @@ class ClusTRLayer(GradientCheckpointingLayer):
         self.mlp = ClusTRFeedForward(config, stage)
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
-    def forward(self, hidden_states: torch.Tensor, height: int, width: int, output_attentions: bool = False):
-        attention_output, attention_probs, clusters = self.attention(
-            self.layer_norm_1(hidden_states), height, width, output_attentions
-        )
+    def forward(self, hidden_states: torch.Tensor, height: int, width: int, **kwargs) -> torch.Tensor:
+        attention_output, _ = self.attention(self.layer_norm_1(hidden_states), height, width, **kwargs)
         hidden_states = hidden_states + self.drop_path(attention_output)
-        hidden_states = hidden_states + self.drop_path(self.mlp(self.layer_norm_2(hidden_states), height, width))
-        return hidden_states, attention_probs, clusters
+        return hidden_states + self.drop_path(self.mlp(self.layer_norm_2(hidden_states), height, width))
 
 
 class ClusTRStage(nn.Module):
@@ -205,16 +254,11 @@ class ClusTRStage(nn.Module):
         self.blocks = nn.ModuleList(ClusTRLayer(config, stage, rate) for rate in drop_paths)
         self.layer_norm = nn.LayerNorm(config.hidden_sizes[stage], eps=config.layer_norm_eps)
 
-    def forward(self, feature_map: torch.Tensor, output_attentions: bool = False):
-        """Returns the stage's map, its blocks' attention probabilities (if asked) and their clusters."""
+    def forward(self, feature_map: torch.Tensor, **kwargs) -> torch.Tensor:
         hidden_states, height, width = self.patch_embeddings(feature_map)
-        attentions, clusters = (), ()
         for block in self.blocks:
-            hidden_states, attention_probs, block_clusters = block(hidden_states, height, width, output_attentions)
-            attentions += (attention_probs,) if output_attentions else ()
-            clusters += (block_clusters,) if block_clusters is not None else ()
-        hidden_states = self.layer_norm(hidden_states)
-        return hidden_states.transpose(1, 2).unflatten(2, (height, width)), attentions, clusters
+            hidden_states = block(hidden_states, height, width, **kwargs)
+        return self.layer_norm(hidden_states).transpose(1, 2).unflatten(2, (height, width))
 
 
 class ClusTREncoder(nn.Module):
@@ -227,17 +271,28 @@ class ClusTREncoder(nn.Module):
             for stage, (start, depth) in enumerate(zip(starts, config.depths))
         )
 
-    def forward(self, pixel_values: torch.Tensor, output_attentions: bool = False):
-        """Returns the per-stage (B, C, H, W) maps, the per-block attention probabilities (if asked) and the
-        `DensityPeaks` of every clustered block."""
-        feature_maps, attentions, clusters = [], (), ()
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The last stage's (B, C, H, W) map; every stage's is recorded as a hidden state."""
         feature_map = pixel_values
         for stage in self.stages:
-            feature_map, stage_attentions, stage_clusters = stage(feature_map, output_attentions)
-            feature_maps.append(feature_map)
-            attentions += stage_attentions
-            clusters += stage_clusters
-        return feature_maps, attentions, clusters
+            feature_map = stage(feature_map, **kwargs)
+        return feature_map
+
+
+def checked_keywords(forward):
+    """Reject keywords a ClusTR forward does not take: a typo would otherwise be ignored. Keeps `forward`'s signature."""
+    accepted = [name for name in inspect.signature(forward).parameters if name not in ("self", "kwargs")]
+    accepted += ClusTRKwargs.__annotations__
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.forward() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                            f"it takes {', '.join(accepted)}.")
+        return forward(self, *args, **kwargs)
+
+    return wrapper
 
 
 class ClusTRPreTrainedModel(PreTrainedModel):
@@ -249,6 +304,19 @@ class ClusTRPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ClusTRLayer"]
     _supports_sdpa = True
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(
+            ClusTRStage, capture_initial_hidden_state=False, num_hidden_layers_key="num_stages"
+        ),
+        "attentions": OutputRecorder(ClusTRAttention, index=1),
+        "cluster_assignments": OutputRecorder(ClusTRClustering, index=0),
+        "cluster_centres": OutputRecorder(ClusTRClustering, index=1),
+    }
+
+    def __init__(self, config: ClusTRConfig, *inputs, **kwargs):
+        # Values given to from_pretrained or assigned to the config after it was built have not been validated yet.
+        config.validate()
+        super().__init__(config, *inputs, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Truncated-normal linears, fan-out normal convolutions, unit LayerNorms, zero biases (1.7)."""
@@ -266,9 +334,21 @@ class ClusTRPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             init.zeros_(module.bias)
 
+    @classmethod
+    def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs):
+        """As transformers loads, renaming the keys of older checkpoints (`LEGACY_KEYS`) after any `key_mapping`."""
+        return super().from_pretrained(*args, key_mapping={**(key_mapping or {}), **LEGACY_KEYS}, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The convolution that embeds the pixels (stage 1's patch embedding), which `enable_input_require_grads`
+        hooks."""
+        return self.base_model.encoder.stages[0].patch_embeddings.proj
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """As transformers saves; a class registered for remote code (importing clustr_hf registers all) also writes
-        the auto_map of all four Auto classes, where transformers would write only its own."""
+        """As transformers saves, after validating the config (it may have been changed since the model was built) so
+        that nothing is written that would not load; a class registered for remote code (importing clustr_hf registers
+        all) also writes the auto_map of all four Auto classes, where transformers would write only its own."""
+        self.config.validate()
         if self._auto_class is not None:
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
@@ -286,6 +366,12 @@ class ClusTRPreTrainedModel(PreTrainedModel):
                 f"pixel_values must be floating point, got {pixel_values.dtype}; "
                 f"rescale and normalise images with ClusTRImageProcessor first."
             )
+        if pixel_values.dtype != self.dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+            raise ValueError(
+                f"pixel_values are {pixel_values.dtype} but the model's weights are {self.dtype}; cast the input "
+                f"(pixel_values.to({self.dtype})) or the model (model.to({pixel_values.dtype})), or run under "
+                f"torch.autocast."
+            )
         batch_size, channels, height, width = pixel_values.shape
         if channels != self.config.num_channels:
             raise ValueError(
@@ -300,12 +386,15 @@ class ClusTRPreTrainedModel(PreTrainedModel):
 class ClusTRModel(ClusTRPreTrainedModel):
     """The ClusTR encoder: four stages of clustering attention, returning NCHW feature maps.
 
-    Outputs (`BaseModelOutputWithPooling`): `last_hidden_state` is stage 4's (B, C4, H/32, W/32) map, `pooler_output`
-    its mean over positions (B, C4), `hidden_states` one (B, Ci, Hi, Wi) map per stage. `attentions` (eager only)
-    holds one tensor per block: for a clustered block (B, heads, N, M1 + M2), the probabilities over the coarse
-    clusters in `[..., :M1]` and over the fine clusters in `[..., M1:]` (each part sums to 1); for a full-attention
-    block (B, heads, N, N). With `output_cluster_assignments=True` it also returns each clustered block's clusters
-    (see `ClusTRModelOutput`). Any input size of at least 1x1 works (every stage then keeps at least one token).
+    Outputs (`ClusTRModelOutput`): `last_hidden_state` is stage 4's (B, C4, H/32, W/32) map, `pooler_output` its mean
+    over positions (B, C4), `hidden_states` one (B, Ci, Hi, Wi) map per stage. `attentions` (computed by the eager
+    attention, which `output_attentions=True` selects) holds one tensor per block, the very probabilities its values
+    were multiplied by (gradients reach them): for a clustered block (B, heads, N, M1 + M2), the queries' attention
+    over the coarse clusters in `[..., :M1]` and over the fine clusters in `[..., M1:]`, each part summing to 1 (the
+    block's output is the sum of the scales' attentions, one product over the clusters of both scales); for a
+    full-attention block (B, heads, N, N). With `output_cluster_assignments=True` it also returns each clustered
+    block's clusters (see `ClusTRModelOutput`). Any input size of at least 1x1 works (every stage then keeps at least
+    one token).
     """
 
     def __init__(self, config: ClusTRConfig):
@@ -313,30 +402,19 @@ class ClusTRModel(ClusTRPreTrainedModel):
         self.encoder = ClusTREncoder(config)
         self.post_init()
 
-    @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_cluster_assignments: bool = False,
-        **kwargs,
-    ) -> ClusTRModelOutput:
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
+    @checked_keywords
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[ClusTRKwargs]) -> ClusTRModelOutput:
+        """`output_attentions`, `output_hidden_states` and `output_cluster_assignments` default to the config's."""
+        if "output_cluster_assignments" in kwargs:  # capture_outputs records the centres under a flag of their own
+            kwargs["output_cluster_centres"] = kwargs["output_cluster_assignments"]
+        return self.encode(pixel_values, **kwargs)
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def encode(self, pixel_values: torch.Tensor, **kwargs) -> ClusTRModelOutput:
+        """The forward pass; `capture_outputs` records the outputs its keywords ask for (see `_can_record_outputs`)."""
         self.check_pixel_values(pixel_values)
-        feature_maps, attentions, clusters = self.encoder(pixel_values, output_attentions)
-        last_hidden_state = feature_maps[-1]
-        return ClusTRModelOutput(
-            last_hidden_state=last_hidden_state,
-            pooler_output=last_hidden_state.mean(dim=(2, 3)),
-            hidden_states=tuple(feature_maps) if output_hidden_states else None,
-            attentions=attentions if output_attentions else None,
-            cluster_assignments=tuple(c.assignments for c in clusters) if output_cluster_assignments else None,
-            cluster_centres=tuple(c.centres for c in clusters) if output_cluster_assignments else None,
-        )
+        last_hidden_state = self.encoder(pixel_values, **kwargs)
+        return ClusTRModelOutput(last_hidden_state=last_hidden_state, pooler_output=last_hidden_state.mean(dim=(2, 3)))
 
 
 class ClusTRForImageClassification(ClusTRPreTrainedModel):
@@ -350,39 +428,57 @@ class ClusTRForImageClassification(ClusTRPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @checked_keywords
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> ImageClassifierOutput:
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs: Unpack[ClusTRKwargs],
+    ) -> ClusTRImageClassifierOutput:
         """`labels`: class indices (B,) for single-label, multi-hot floats (B, num_labels) for multi-label, or
-        targets for regression (`num_labels == 1`), per `config.problem_type`. Trainer's `num_items_in_batch` keeps the
-        loss correct under gradient accumulation for all three."""
-        if labels is not None and self.config.problem_type is None:
-            # transformers' loss picks the problem type on first use and stores it in the config; picked here, before
-            # the encoder, because torch.compile loses a config mutation made after the clustering's torch.cond.
-            self.config.problem_type = (
-                "regression" if self.num_labels == 1
-                else "single_label_classification" if labels.dtype in (torch.long, torch.int)
-                else "multi_label_classification"
-            )
-        outputs = self.clustr(
-            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-        )
+        targets for regression (`num_labels == 1`), per `config.problem_type`; a tensor or a (nested) list. Trainer's
+        `num_items_in_batch` keeps the loss correct under gradient accumulation for all three. Other keywords as
+        ClusTRModel's."""
+        if labels is not None:
+            labels = self.checked_labels(labels, pixel_values.device)
+            if self.config.problem_type is None:
+                # transformers' loss picks the problem type on first use and stores it in the config; picked here,
+                # before the encoder, because torch.compile loses a config mutation made after the clustering's
+                # torch.cond.
+                self.config.problem_type = (
+                    "regression" if self.num_labels == 1
+                    else "multi_label_classification" if labels.is_floating_point() else "single_label_classification"
+                )
+        outputs = self.clustr(pixel_values, **kwargs, return_dict=True)
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
-            num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-            loss = self.loss_function(labels, logits, self.config, num_items_in_batch=num_items_in_batch, **kwargs)
+            loss = self.loss_function(labels, logits, self.config, num_items_in_batch=num_items_in_batch)
             if num_items_in_batch is not None and self.config.problem_type != "single_label_classification":
                 # The MSE and BCE losses average over this micro-batch; Trainer wants the sum over its accumulated count.
                 loss = loss * labels.numel() / num_items_in_batch
-        return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return ClusTRImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            cluster_assignments=outputs.cluster_assignments, cluster_centres=outputs.cluster_centres,
         )
+
+    @staticmethod
+    def checked_labels(labels, device: torch.device) -> torch.Tensor:
+        """`labels` as a tensor on `device`, class indices as int64 (cross-entropy takes no other)."""
+        if not isinstance(labels, torch.Tensor):
+            try:
+                labels = torch.as_tensor(labels)
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise ValueError(
+                    f"labels must be a tensor or a (nested) list of numbers, got {type(labels).__name__} ({error})."
+                ) from error
+        if labels.dtype == torch.bool or labels.is_complex():
+            raise ValueError(f"labels of dtype {labels.dtype} are not supported; give int64 class indices or float "
+                             f"targets.")
+        if not labels.is_floating_point():
+            labels = labels.long()
+        return labels.to(device)
 
 
 class ClusTRBackbone(BackboneMixin, ClusTRPreTrainedModel):
@@ -396,29 +492,26 @@ class ClusTRBackbone(BackboneMixin, ClusTRPreTrainedModel):
 
     @can_return_tuple
     @filter_output_hidden_states
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        **kwargs,
-    ) -> BackboneOutput:
-        outputs = self.clustr(pixel_values, output_attentions=output_attentions, output_hidden_states=True)
+    @checked_keywords
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[ClusTRKwargs]) -> ClusTRBackboneOutput:
+        """Keywords as ClusTRModel's."""
+        outputs = self.clustr(pixel_values, **kwargs, return_dict=True)
         feature_maps = tuple(
             feature_map
             for stage, feature_map in zip(self.stage_names, outputs.hidden_states)
             if stage in self.out_features
         )
-        return BackboneOutput(
-            feature_maps=feature_maps,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        return ClusTRBackboneOutput(
+            feature_maps=feature_maps, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            cluster_assignments=outputs.cluster_assignments, cluster_centres=outputs.cluster_centres,
         )
 
 
 __all__ = [
     "ClusTRBackbone",
+    "ClusTRBackboneOutput",
     "ClusTRForImageClassification",
+    "ClusTRImageClassifierOutput",
     "ClusTRModel",
     "ClusTRModelOutput",
     "ClusTRPreTrainedModel",

@@ -56,3 +56,12 @@ def run_without_clustr_hf(script: str, *args: str, cwd: Path, timeout: int = 600
 @pytest.fixture
 def config():
     return tiny_config()
+
+
+collect_ignore = ["transformers_tests"]  # transformers' shared test files, run through test_transformers_common.py
+
+
+def pytest_configure(config):
+    """The marks transformers' shared test files use (registered in transformers' own conftest)."""
+    for mark in ("slow", "accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test"):
+        config.addinivalue_line("markers", f"{mark}: transformers' shared tests")

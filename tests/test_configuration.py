@@ -1,5 +1,7 @@
 """ClusTRConfig: released variants, validation with clear messages, backbone fields, serialisation."""
 
+import json
+
 import pytest
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
@@ -39,8 +41,6 @@ def test_variant_overrides_and_unknown_names():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"hidden_sizes": [32, 64, 160]}, "hidden_sizes has 3 entries but depths has 4"),
-        ({"cluster_reduction_ratios": [8, 4, 1]}, "cluster_reduction_ratios has 3 entries but depths has 4"),
         ({"num_attention_heads": [1, 2, 3, 8]}, "Stage 3: hidden size 160 is not divisible by its 3 attention heads"),
         ({"cluster_num_neighbors": 0}, "cluster_num_neighbors=0 must be >= 1"),
         ({"cluster_reduction_ratios": [8, 4, 0, 1]}, "cluster_reduction_ratios=.* has a value below 1"),
@@ -57,9 +57,27 @@ def test_inconsistent_settings_are_rejected_with_the_reason(overrides, message):
         ClusTRConfig(**overrides)
 
 
-def test_empty_depths_are_rejected_before_anything_else():
-    with pytest.raises(ValueError, match="depths is empty"):
-        ClusTRConfig(depths=[])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"depths": []}, "depths is empty"),
+        ({"hidden_sizes": [32, 64, 160]}, "hidden_sizes has 3 entries but depths has 4"),
+        ({"cluster_reduction_ratios": [8, 4, 1]}, "cluster_reduction_ratios has 3 entries but depths has 4"),
+        ({"depths": [2, 2, 2], "out_features": ["stage4"]}, "hidden_sizes has 4 entries but depths has 3"),
+    ],
+)
+def test_per_stage_lists_of_other_lengths_are_rejected_before_the_backbone_fields(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ClusTRConfig(**overrides)
+
+
+def test_config_json_with_three_depths_names_the_list_lengths(tmp_path):
+    """A hand-edited config.json used to report its (valid) out_features instead."""
+    ClusTRConfig(out_features=["stage2", "stage4"]).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "depths": [2, 2, 2]}))
+    with pytest.raises(ValueError, match="hidden_sizes has 4 entries but depths has 3; give one value per stage"):
+        ClusTRConfig.from_pretrained(tmp_path)
 
 
 def test_backbone_fields():

@@ -123,8 +123,10 @@ def test_batch_of_mixed_sizes_matches_images_one_by_one(backend):
 def test_images_already_in_unit_range_need_do_rescale_false(backend):
     image = raw("coffee")
     unit = image.astype(np.float32) / 255
-    with pytest.raises(ValueError, match="do_rescale=False"):
+    with pytest.raises(ValueError, match="fractions between 0 and 1: .0, 1. data, .* pass do_rescale=False"):
         pixels(backend(), unit)
+    with pytest.raises(ValueError, match=r"Float pixels range from 0 to 255, but do_rescale=False expects \[0, 1\]"):
+        pixels(backend(), image.astype(np.float32), do_rescale=False)
     if backend is ClusTRImageProcessor:  # resizes the floats as they are (no uint8 rounding or clamping)
         to_pixels = v2.Compose([v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC), v2.CenterCrop(224),
                                 v2.Normalize(MEAN, STD)])
@@ -176,3 +178,57 @@ def test_save_pretrained_writes_both_backends_and_autoimageprocessor_loads_them(
         loaded = AutoImageProcessor.from_pretrained(tmp_path, backend=backend)
         assert type(loaded) is expected_class
         torch.testing.assert_close(pixels(loaded, image)[0], expected, atol=2 * GREY_LEVEL + 1e-6, rtol=0)
+
+
+def deep_versions(image: np.ndarray) -> dict:
+    """The 8-bit photo `image` as 16-bit and float images of the same picture (16-bit: v * 257 maps 255 to 65535)."""
+    grey = image if image.ndim == 2 else image[..., 0]
+    wide = image.astype(np.uint16) * 257
+    return {
+        "uint16 array": wide,
+        "uint16 tensor": torch.from_numpy(wide.astype(np.int32)).to(torch.uint16),
+        "int64 array in [0, 255]": image.astype(np.int64),
+        "float [0, 255] array": image.astype(np.float32),
+        "float [0, 255] tensor with fractions": torch.from_numpy(np.clip(image.astype(np.float32) + 0.25, 0, 255)),
+        "I;16 PIL image": PIL.Image.fromarray(grey.astype(np.uint16) * 257),
+        "F PIL image": PIL.Image.fromarray(grey.astype(np.float32)),
+    }
+
+
+@pytest.mark.parametrize("kind", list(deep_versions(raw("camera"))))
+def test_16_bit_and_float_images_give_the_8_bit_pixels_in_both_backends(kind):
+    """Both backends used to clip I;16 and F PIL images to white or black; the torchvision one normalised uint16
+    arrays to values of 1000+ where the PIL one raised, and the PIL one raised on fractional [0, 255] floats."""
+    photo = raw("camera")
+    image = deep_versions(photo)[kind]
+    for backend in BACKENDS:
+        expected = pixels(backend(), photo)
+        torch.testing.assert_close(pixels(backend(), image), expected, atol=GREY_LEVEL + 1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_all_dark_float_image_in_0_255_is_read_as_such(backend):
+    dark = (raw("camera") > 128).astype(np.float32)  # pixels 0 and 1 of [0, 255]: nearly black
+    torch.testing.assert_close(pixels(backend(), dark), pixels(backend(), dark.astype(np.uint8)), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad_input, message", [
+    (np.full((8, 8), 300, np.int32), r"Integer pixels of dtype int32 range from 300 to 300, outside \[0, 255\]; give "
+                                     r"8-bit images as uint8 and 16-bit ones as uint16"),
+    (PIL.Image.fromarray(np.full((8, 8), 70000, np.int32)), "Integer pixels of dtype int32 range from 70000"),
+    (np.full((8, 8, 3), 256.0, np.float32), r"Float pixels range from 256 to 256, outside the \[0, 255\]"),
+    (np.full((8, 8, 3), -1.0, np.float32), "Float pixels range from -1 to -1"),
+])
+def test_out_of_range_pixels_get_the_same_error_in_both_backends(backend, bad_input, message):
+    with pytest.raises(ValueError, match=message):
+        pixels(backend(), bad_input)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_pathlib_path_is_a_path(backend, tmp_path):
+    path = tmp_path / "rocket.png"
+    PIL.Image.fromarray(raw("rocket")).save(path)
+    expected = pixels(backend(), raw("rocket"))
+    for same_image in (path, str(path)):
+        torch.testing.assert_close(pixels(backend(), same_image), expected, atol=1e-6, rtol=0)

@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
+from safetensors.torch import load_file, save_file
 from conftest import photo, photo_batch, tiny_config
 from dpc_knn_oracle import dpc_knn_oracle
 
@@ -65,49 +67,6 @@ def test_batch_gives_the_same_outputs_as_each_image_alone():
                 assert torch.equal(one[0], many[i])
 
 
-def test_eval_forward_is_deterministic():
-    model = classifier(tiny_config())
-    pixel_values = photo_batch((64, 64))
-    with torch.no_grad():
-        assert torch.equal(model(pixel_values).logits, model(pixel_values).logits)
-
-
-def test_return_dict_false_gives_the_same_values_as_a_tuple():
-    model = classifier(tiny_config())
-    pixel_values = photo_batch((32, 32))
-    labels = torch.tensor([0, 1, 2, 0])
-    with torch.no_grad():
-        as_dict = model(pixel_values, labels=labels, output_hidden_states=True)
-        as_tuple = model(pixel_values, labels=labels, output_hidden_states=True, return_dict=False)
-    assert isinstance(as_tuple, tuple) and len(as_tuple) == 3
-    assert torch.equal(as_tuple[0], as_dict.loss) and torch.equal(as_tuple[1], as_dict.logits)
-    assert all(torch.equal(a, b) for a, b in zip(as_tuple[2], as_dict.hidden_states))
-
-
-def test_output_hidden_states_from_the_config():
-    config = tiny_config(output_hidden_states=True)
-    with torch.no_grad():
-        outputs = ClusTRModel(config).eval()(photo_batch((32, 32)))
-    assert [h.shape[1] for h in outputs.hidden_states] == list(config.hidden_sizes)
-
-
-def test_attentions_hold_one_distribution_per_scale():
-    config = tiny_config()
-    model = ClusTRModel(config).eval()
-    pixel_values = photo_batch((64, 64), names=("astronaut", "rocket"))
-    with torch.no_grad():
-        outputs = model(pixel_values, output_attentions=True)
-    assert len(outputs.attentions) == sum(config.depths)
-    # Stage 1 has 16x16 tokens and 256 // 8**2 = 4 coarse clusters, 16 fine ones.
-    stage1 = outputs.attentions[0]
-    assert stage1.shape == (2, 1, 256, 4 + 16)
-    torch.testing.assert_close(stage1[..., :4].sum(-1), torch.ones(2, 1, 256))
-    torch.testing.assert_close(stage1[..., 4:].sum(-1), torch.ones(2, 1, 256))
-    # Stage 4 (ratio 1) attends to all of its 2x2 tokens.
-    assert outputs.attentions[-1].shape == (2, 4, 4, 4)
-    torch.testing.assert_close(outputs.attentions[-1].sum(-1), torch.ones(2, 4, 4))
-
-
 def test_cluster_assignments_are_the_dpc_knn_of_each_block_input():
     config = tiny_config(depths=[1, 1, 1, 1])
     model = ClusTRModel(config).eval()
@@ -133,7 +92,8 @@ def test_clustered_attention_is_the_weighted_cluster_mean_attention_of_the_spec(
     torch.manual_seed(3)
     x = torch.randn(1, 64, 8)
     with torch.no_grad():
-        output, _, clusters = attention(x, 8, 8)
+        output, _ = attention(x, 8, 8)
+        clusters = attention.clustering(x, 8, 8, (1, 4))
         weights = torch.exp(attention.score(x))[0, :, 0]
         q = attention.query(x)[0].reshape(64, 2, 4).transpose(0, 1)
         total = 0
@@ -143,30 +103,11 @@ def test_clustered_attention_is_the_weighted_cluster_mean_attention_of_the_spec(
                 (weights[members == c, None] * x[0, members == c]).sum(0) / (weights[members == c].sum() + 1e-6)
                 for c in range(count)
             ])
-            key, value = attention.key_values[scale](merged).split(8, dim=-1)
+            key, value = attention.cluster_key_values[scale](merged).split(8, dim=-1)
             key, value = key.reshape(count, 2, 4).transpose(0, 1), value.reshape(count, 2, 4).transpose(0, 1)
             total = total + torch.softmax(q @ key.transpose(1, 2) / math.sqrt(4), dim=-1) @ value
         expected = attention.proj(total.transpose(0, 1).reshape(64, 8))
     torch.testing.assert_close(output[0], expected, rtol=1e-5, atol=1e-5)
-
-
-def test_save_and_load_give_identical_logits(tmp_path):
-    model = classifier(tiny_config())
-    model.save_pretrained(tmp_path)
-    loaded = ClusTRForImageClassification.from_pretrained(tmp_path).eval()
-    pixel_values = photo_batch((64, 64))
-    with torch.no_grad():
-        assert torch.equal(loaded(pixel_values).logits, model(pixel_values).logits)
-    assert (tmp_path / "model.safetensors").exists()
-
-
-def test_new_head_with_ignore_mismatched_sizes(tmp_path):
-    classifier(tiny_config()).save_pretrained(tmp_path)
-    model = ClusTRForImageClassification.from_pretrained(tmp_path, num_labels=5, ignore_mismatched_sizes=True)
-    assert model.classifier.weight.shape == (5, 32)
-    base = ClusTRModel.from_pretrained(tmp_path)
-    assert torch.equal(base.encoder.stages[0].patch_embeddings.proj.weight,
-                       model.clustr.encoder.stages[0].patch_embeddings.proj.weight)
 
 
 def test_initialisation_follows_the_reference():
@@ -289,3 +230,78 @@ def test_bad_inputs_get_clear_errors(pixel_values, message):
     model = classifier(tiny_config())
     with pytest.raises(ValueError, match=message):
         model(pixel_values)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"clustering_mode": "Pooled"}, "clustering_mode='Pooled' is not one of 'exact', 'pooled'"),
+    ({"cluster_num_neighbors": 0}, "cluster_num_neighbors=0 must be >= 1"),
+    ({"cluster_reduction_ratios": [8, 4, 1]}, "cluster_reduction_ratios has 3 entries but depths has 4"),
+])
+def test_config_overrides_to_from_pretrained_are_validated(tmp_path, overrides, message):
+    classifier(tiny_config()).save_pretrained(tmp_path)
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        ClusTRForImageClassification.from_pretrained(tmp_path, **overrides)
+
+
+def test_config_attributes_assigned_after_construction_are_validated_when_the_model_is_built():
+    config = tiny_config()
+    config.cluster_reduction_ratios = [8, 4, 1]
+    with pytest.raises(StrictDataclassClassValidationError, match="cluster_reduction_ratios has 3 entries"):
+        ClusTRModel(config)
+
+
+def test_save_pretrained_writes_nothing_for_a_config_changed_into_an_invalid_one(tmp_path):
+    model = classifier(tiny_config())
+    model.config.clustering_mode = "Pooled"
+    with pytest.raises(StrictDataclassClassValidationError, match="clustering_mode='Pooled'"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+
+
+def test_half_precision_input_to_a_float32_model_says_to_cast_one_of_them():
+    model = classifier(tiny_config())
+    with pytest.raises(ValueError, match=r"pixel_values are torch.float16 but the model's weights are torch.float32; "
+                                         r"cast the input \(pixel_values.to\(torch.float32\)\) or the model"):
+        model(photo_batch((32, 32)).half())
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # autocast mixes dtypes on purpose
+        assert torch.isfinite(model(photo_batch((32, 32)).bfloat16()).logits).all()
+
+
+@pytest.mark.parametrize("labels", [[0, 2, 1, 2], torch.tensor([0, 2, 1, 2], dtype=torch.int32)])
+def test_labels_as_a_list_or_int32_give_the_int64_loss(labels):
+    model = classifier(tiny_config())
+    pixel_values = photo_batch((32, 32))
+    with torch.no_grad():
+        expected = model(pixel_values, labels=torch.tensor([0, 2, 1, 2])).loss
+        torch.testing.assert_close(model(pixel_values, labels=labels).loss, expected)
+    with pytest.raises(ValueError, match="labels must be a tensor or a .nested. list of numbers, got list"):
+        model(pixel_values, labels=["cat", "dog", "cat", "dog"])
+
+
+@pytest.mark.parametrize("model_class", [ClusTRForImageClassification, ClusTRBackbone])
+def test_heads_return_the_clusters_and_reject_misspelled_keywords(model_class):
+    model = model_class(tiny_config()).eval()
+    pixel_values = photo_batch((32, 32))
+    with torch.no_grad():
+        outputs = model(pixel_values, output_cluster_assignments=True)
+        base = model.clustr(pixel_values, output_cluster_assignments=True)
+    assert len(outputs.cluster_assignments) == len(outputs.cluster_centres) == 4  # clustered blocks of stages 1-3
+    for ours, theirs in zip(outputs.cluster_assignments + outputs.cluster_centres,
+                            base.cluster_assignments + base.cluster_centres):
+        assert torch.equal(ours, theirs)
+    assert model(pixel_values).cluster_assignments is None
+    with pytest.raises(TypeError, match="unexpected keyword argument.s. output_cluster_assignment; it takes pixel_values"):
+        model(pixel_values, output_cluster_assignment=True)
+
+
+def test_checkpoints_with_the_former_key_values_names_load(tmp_path):
+    """The clustered blocks' projections were saved as `attention.key_values.<scale>` before they were renamed."""
+    model = classifier(tiny_config())
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    assert any(".attention.cluster_key_values.1.weight" in name for name in weights)
+    save_file({name.replace(".cluster_key_values.", ".key_values."): tensor for name, tensor in weights.items()},
+              tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = ClusTRForImageClassification.from_pretrained(tmp_path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
