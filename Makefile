@@ -7,22 +7,34 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo clean
+.PHONY: install browser test demo app clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(TORCH_PINS)
-	$(PYTHON) -m pip install --quiet $(TORCH_PINS) -e ".[dev]"
+	$(PYTHON) -m pip install --quiet $(TORCH_PINS) -e ".[dev,app]"
 	touch $@
 
 install: $(VENV)/.installed
 
-test: install
+# The app's browser test drives Debian's headless Chromium; as root this installs it, otherwise it says how.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "The app's browser test needs Chromium: sudo apt-get install chromium chromium-driver (see README)"; \
+	  fi; }
+
+test: install browser
 	$(PYTHON) -m pytest -q tests
 
 demo: install
 	$(PYTHON) examples/demo.py
+
+app: install
+	$(PYTHON) examples/app.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
