@@ -35,7 +35,7 @@ REPO_ID = "test-user/clustr-app"
 SPACE_ID = "test-user/clustr-app-demo"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,900",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,1000",
 )
 """The background-networking flags keep Chromium from calling out, which hangs its connections on a closed network."""
 
