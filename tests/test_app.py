@@ -90,25 +90,50 @@ def model_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Uploads: a real photo as JPEG, a text file, an empty file and a 96-megapixel PNG of a few kilobytes."""
+    """Uploads: a real photo as JPEG, a text file, an empty file, a 21 MB file and a 96-megapixel PNG of a few
+    kilobytes."""
     folder = tmp_path_factory.mktemp("uploads")
     photo("chelsea").save(folder / "chelsea.jpg", quality=90)
     (folder / "notes.txt").write_text("not an image\n")
     (folder / "empty.png").write_bytes(b"")
+    (folder / "big.jpg").write_bytes(b"\xff\xd8\xff" + bytes(21 * 2**20))
     PIL.Image.new("1", (12000, 8000)).save(folder / "huge.png")
     return folder
 
 
+OUTSIDE_CONNECTIONS = []
+"""Connections this process tried to open to anything but this machine while the app served (refused)."""
+
+
 @pytest.fixture(scope="module")
 def served_app(app_module, model_folder):
-    """The app on the test model, served on 127.0.0.1 at a free port for the whole module."""
-    with socket.socket() as probe:
+    """The app on the test model, served on 127.0.0.1 at a free port for the whole module; meanwhile any look-up of
+    or connection to another machine is refused and recorded (the app must not phone home)."""
+    local = ("127.0.0.1", "::1", "localhost", None)
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def local_connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in local:
+            OUTSIDE_CONNECTIONS.append(address)
+            raise ConnectionRefusedError(f"test: no connections to {address}")
+        return connect(sock, address)
+
+    def local_getaddrinfo(host, *args, **kwargs):
+        if host not in local:
+            OUTSIDE_CONNECTIONS.append(host)
+            raise socket.gaierror(f"test: no look-ups of {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, socket.socket() as probe:
+        patch.setattr(socket.socket, "connect", local_connect)
+        patch.setattr(socket, "getaddrinfo", local_getaddrinfo)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ui = app_module.build_app(app_module.Classifier(str(model_folder)))
-    _, url, _ = app_module.launch(ui, "127.0.0.1", port, block=False)
-    yield url
-    ui.close()
+        probe.close()
+        ui = app_module.build_app(app_module.Classifier(str(model_folder)))
+        _, url, _ = app_module.launch(ui, "127.0.0.1", port, block=False)
+        yield url
+        ui.close()
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +202,7 @@ def test_pooled_switch_reruns_with_pooled_clustering(client, model_folder, files
 @pytest.mark.parametrize("name, message", [
     ("notes.txt", "`notes.txt` is not an image file the app can read (not a format PIL knows)"),
     ("empty.png", "`empty.png` is empty (0 bytes)"),
+    ("big.jpg", "`big.jpg` is 21 MB; the app takes files up to 20 MB"),
     ("huge.png", "`huge.png` is 12000x8000 pixels (96 megapixels); the app takes up to 89 megapixels"),
 ])
 def test_bad_upload_gets_a_readable_message(client, files, name, message):
@@ -236,6 +262,11 @@ def test_browser_uploads_a_photo_and_sees_labels_and_clusters(served_app, files)
     assert image.size[0] >= 1000 and len(np.unique(np.asarray(image.convert("L")))) > 50  # a rendered page
     if UPDATE_SCREENSHOT:
         image.convert("RGB").quantize(128, method=PIL.Image.Quantize.MEDIANCUT).save(SCREENSHOT, optimize=True)
+
+
+def test_the_app_contacted_no_other_machine(served_app):
+    """Runs after the tests above, which used the app: Gradio's analytics, version check and telemetry stay off."""
+    assert OUTSIDE_CONNECTIONS == []
 
 
 # Runs through conftest.run_without_clustr_hf, which puts site-packages back as sys.argv[1].
