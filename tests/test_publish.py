@@ -474,7 +474,8 @@ def test_dry_run_with_a_space_writes_both_folders_with_either_flag_spelling(trai
     text = " ".join((tmp_path / "hub" / "README.md").read_text().split())
     assert f"Try it in the Space [{SPACE_ID}](https://huggingface.co/spaces/{SPACE_ID})" in text
     out = capsys.readouterr().out
-    assert f"Wrote the Hub folder {tmp_path / 'hub'}" in out and f"Wrote the Space folder {tmp_path / 'hub-space'}" in out
+    assert f"Wrote the Hub folder {tmp_path / 'hub'}" in out
+    assert f"Wrote the Space folder {tmp_path / 'hub-space'}" in out
 
 
 # ------------------------------------------------------------------------------------------- the stand-in Hub
