@@ -10,13 +10,13 @@ export TOKENIZERS_PARALLELISM := false
 # transformers' shared model tests of the installed version, from its source distribution (tests/test_transformers_common.py).
 TRANSFORMERS_TESTS := tests/transformers_tests/VERSION
 
-.PHONY: install test demo clean
+.PHONY: install browser test demo app clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(TORCH_PINS)
-	$(PYTHON) -m pip install --quiet $(TORCH_PINS) -e ".[dev]"
+	$(PYTHON) -m pip install --quiet $(TORCH_PINS) -e ".[dev,app]"
 	touch $@
 
 $(TRANSFORMERS_TESTS): $(VENV)/.installed tests/transformers_tests/fetch.py
@@ -24,11 +24,23 @@ $(TRANSFORMERS_TESTS): $(VENV)/.installed tests/transformers_tests/fetch.py
 
 install: $(VENV)/.installed $(TRANSFORMERS_TESTS)
 
-test: install
+# The app's browser test drives Debian's headless Chromium; as root this installs it, otherwise it says how.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "The app's browser test needs Chromium: sudo apt-get install chromium chromium-driver (see README)"; \
+	  fi; }
+
+test: install browser
 	$(PYTHON) -m pytest -q tests
 
 demo: install
 	$(PYTHON) examples/demo.py
+
+app: install
+	$(PYTHON) examples/app.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache tests/transformers_tests/test_*_common.py $(TRANSFORMERS_TESTS)

@@ -24,12 +24,14 @@ setup(
     extras_require={
         "dev": [
             "pytest>=8", "scikit-learn>=1.5", "scikit-image>=0.24", "matplotlib>=3.8", "tensorboard>=2.14",
-            "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
+            "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20", "gradio>=6,<7", "gradio_client>=2,<3",
+            "selenium>=4.20,<5",
             "parameterized>=0.9",  # transformers' shared tests (tests/test_transformers_common.py)
         ],
         "train": ["scikit-learn>=1.5", "tensorboard>=2.14"],
         "viz": ["matplotlib>=3.8"],
         "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+        "app": ["gradio>=6,<7", "matplotlib>=3.8", "scikit-image>=0.24"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,21 +1,26 @@
 """Publishing to the Hugging Face Hub: assemble a ClusTR classifier into a Hub repository folder (weights, config with
-the complete auto_map, the model code, image processor, model card, Inference Endpoints handler) and upload it.
+the complete auto_map, the model code, image processor, model card, Inference Endpoints handler) and upload it; and
+assemble a Gradio Space that runs examples/app.py on that repository.
 
     python examples/push_to_hub.py trained-folder/ --repo-id you/clustr-b2 --output-dir hub/clustr-b2 [--dry-run]
     python -m clustr_hf.publishing model_cards/     # regenerate the per-variant cards from the template
 """
 
+import importlib.metadata
 import json
 import re
 import shlex
 import shutil
 import sys
 import tempfile
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import transformers
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard, SpaceCardData, get_token
+from safetensors import SafetensorError, safe_open
 from transformers import AutoImageProcessor
 from transformers.image_utils import PILImageResampling
 
@@ -27,6 +32,8 @@ from .modeling_clustr import REMOTE_CODE_AUTO_MAP, ClusTRForImageClassification
 
 TEMPLATE_PATH = Path(__file__).with_name("model_card_template.md")
 HANDLER_PATH = Path(__file__).with_name("handler.py")
+VISUALIZATION_PATH = Path(__file__).with_name("visualization.py")
+"""Shipped with the model code, so that the Space's app draws cluster maps with the repository's own code."""
 RESULTS_FILES = ("all_results.json", "eval_results.json")
 """Where a trained folder's measured figures are read from (our training script's, then Trainer's name)."""
 RECIPE_DATASET = "ILSVRC/imagenet-1k"
@@ -51,6 +58,16 @@ VARIANT_NOTES = {
 }
 HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "handler.py",
              "requirements.txt")
+SPACE_FILES = ("app.py", "requirements.txt", "README.md")
+WIDGET_EXAMPLES = [
+    {"src": f"https://huggingface.co/datasets/mishig/sample_images/resolve/main/{name}.jpg", "example_title": title}
+    for name, title in (("tiger", "Tiger"), ("teapot", "Teapot"), ("palace", "Palace"))
+]
+"""The card's `widget:` photos (the Hub's usual image-classification examples)."""
+APP_MODEL_LINE = 'DEFAULT_MODEL = "outputs/demo"'
+"""The line of examples/app.py that names its model; a Space's copy names the model repository there."""
+SPACE_REQUIREMENTS = ("torch>=2.6,<3", "torchvision>=0.21,<1", "matplotlib>=3.8", "scikit-image>=0.24")
+"""What the Space's app needs besides gradio (the Space's sdk_version) and transformers (pinned like the model's)."""
 
 
 class PublishError(RuntimeError):
@@ -126,24 +143,65 @@ def describe_flops(image_size: tuple[int, int], variant: str | None) -> str:
     return counted
 
 
+def local_folder_name(path: str) -> str:
+    """A local data folder as the card names it: its last two path parts (the machine's absolute path says nothing to
+    a reader and may say too much about the publisher)."""
+    return "/".join(Path(path).parts[-2:])
+
+
+def training_record(results: dict, dataset: str | None) -> dict:
+    """What the card says about how the weights were trained and evaluated, from the results file the training scripts
+    write (all_results.json: eval_samples, train_samples, dataset, data_dirs, base_model, hyperparameters; absent
+    in older folders): the evaluation data, the starting point and the settings."""
+    data_dirs = results.get("data_dirs") or {}
+    base_model = results.get("base_model")
+    hyperparameters = results.get("hyperparameters") or {}
+    if base_model is None:
+        start = None
+    elif base_model in VARIANTS:
+        start = f"trained from scratch (the {base_model} architecture, randomly initialised)"
+    else:
+        start = f"fine-tuned from `{base_model}`"
+    return {
+        "dataset": dataset,
+        "eval_folder": local_folder_name(data_dirs["validation"]) if data_dirs.get("validation") else None,
+        "train_folder": local_folder_name(data_dirs["train"]) if data_dirs.get("train") else None,
+        "eval_samples": results.get("eval_samples"),
+        "train_samples": results.get("train_samples"),
+        "start": start,
+        "hyperparameters": [(name, json.dumps(value)) for name, value in hyperparameters.items()],
+    }
+
+
+def hub_base_model(results: dict) -> str | None:
+    """The base model for the card's metadata: only a Hub repository id (a variant name or a local folder is named
+    in the text only)."""
+    base_model = results.get("base_model")
+    hub_id = isinstance(base_model, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", base_model)
+    return base_model if hub_id and not Path(base_model).exists() else None
+
+
 def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_id: str, num_parameters: int,
-                dataset: str | None = None, results: list[dict] = (),
-                results_file: str | None = None, eval_samples: int | None = None) -> ModelCard:
+                dataset: str | None = None, results: list[dict] = (), results_file: str | None = None,
+                measured: dict | None = None, space_id: str | None = None) -> ModelCard:
     """The model card from the packaged template (model_cards/TEMPLATE.md links to it): metadata plus text;
-    `results` become the model-index."""
+    `results` become the model-index, `measured` (the results file) says how they were obtained, `space_id` names
+    the Space that runs the model."""
     variant = variant_of(config)
     model_name = repo_id.split("/")[-1]
     image_size, input_description = describe_input(image_processor)
+    training = training_record(measured or {}, dataset)
+    eval_data = (dataset, dataset) if dataset else ("imagefolder", f"{training['eval_folder']} (local image folder)")
     eval_results = [
-        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
-                   dataset_name=dataset, dataset_split=EVAL_SPLIT, metric_type=row["metric_type"],
+        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=eval_data[0],
+                   dataset_name=eval_data[1], dataset_split=EVAL_SPLIT, metric_type=row["metric_type"],
                    metric_name=row["name"], metric_value=row["value"])
         for row in results
     ]
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="image-classification", license=LICENSE, tags=TAGS,
-        datasets=[dataset] if dataset else None, metrics=["accuracy"],
-        model_name=model_name if eval_results else None, eval_results=eval_results or None,
+        datasets=[dataset] if dataset else None, metrics=["accuracy"], base_model=hub_base_model(measured or {}),
+        model_name=model_name if eval_results else None, eval_results=eval_results or None, widget=WIDGET_EXAMPLES,
     )
     labels = [config.id2label[index] for index in sorted(config.id2label)]
     named = not all(label == f"LABEL_{index}" for index, label in enumerate(labels))
@@ -156,9 +214,9 @@ def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_i
         label_examples=", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "") if named else "",
         num_parameters=f"{num_parameters:,}", flops_description=describe_flops(image_size, variant),
         conversion_variant=variant if variant in PAPER_GFLOPS else "b2",
-        input_description=input_description, dataset=dataset, dataset_split=EVAL_SPLIT,
+        input_description=input_description, dataset_split=EVAL_SPLIT, training=training,
         results=[dict(row, value=f"{row['value']:.4f} ({100 * row['value']:.2f}%)") for row in results],
-        results_file=results_file, eval_samples=eval_samples, transformers_requirement=transformers_requirement(),
+        results_file=results_file, space_id=space_id, transformers_requirement=transformers_requirement(),
     )
 
 
@@ -183,6 +241,32 @@ def write_variant_cards(directory) -> list[Path]:
     return paths
 
 
+def check_weight_files(source: Path) -> None:
+    """Fail, naming the file, if a safetensors weights file of `source` (or a shard its index lists) is missing,
+    truncated or otherwise unreadable; safetensors' own error names neither the file nor the likely cause."""
+    index = source / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as error:
+            raise ValueError(f"{index} is not a safetensors index (JSON with a weight_map): {error!r}; save the "
+                             f"model again.") from error
+    else:
+        names = ["model.safetensors"]
+    for name in names:
+        path = source / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; {index.name} lists it as a weights shard. Copy the complete "
+                                    f"folder.")
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise ValueError(f"{path} ({path.stat().st_size:,} bytes) is not a readable safetensors file ({error}): "
+                             f"it is truncated or damaged, e.g. by an interrupted copy, download or save. Copy or "
+                             f"save it again.") from error
+
+
 def load_classifier(source: Path) -> tuple[ClusTRForImageClassification, object]:
     """The classifier and image processor of a trained or converted folder, with clear errors for anything else."""
     if not source.is_dir():
@@ -199,6 +283,7 @@ def load_classifier(source: Path) -> tuple[ClusTRForImageClassification, object]
     if not any((source / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         raise FileNotFoundError(f"{source} has a config.json but no weights (model.safetensors); train or convert "
                                 f"a checkpoint into it first, or point to the folder that holds them.")
+    check_weight_files(source)
     config = ClusTRConfig.from_pretrained(source)
     if "ClusTRForImageClassification" not in (config.architectures or []):
         raise ValueError(f"{source} holds a {', '.join(config.architectures or ['model'])} without a classification "
@@ -233,42 +318,119 @@ def check_remote_code(folder: Path) -> None:
             raise RuntimeError(f"{folder} names {reference} in its auto_map but has no {module}.py.")
 
 
+def require_new_folder(output_dir: Path) -> None:
+    """Fail unless `output_dir` is absent or empty: publishing overwrites nothing."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} is not empty; give a new or empty --output-dir (nothing is overwritten).")
+
+
+@contextmanager
+def atomic_folder(output_dir: Path):
+    """Yield a new folder beside `output_dir` to write into; it becomes `output_dir` only when the block completes,
+    and is removed if it fails, so `output_dir` is either complete or as it was (absent or empty)."""
+    require_new_folder(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = output_dir.with_name(f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        yield staging
+        if output_dir.exists():
+            output_dir.rmdir()  # empty, checked above
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def evaluation_dataset(results: dict, dataset: str | None, results_path: Path) -> str | None:
+    """The Hub dataset the results were measured on: the one the results file records, or `dataset` (--dataset) for
+    older folders that record none; None for local data folders. Fails when the two disagree, or when accuracies
+    were measured on data nobody named."""
+    recorded = results.get("dataset")
+    if recorded and dataset and recorded != dataset:
+        raise ValueError(f"{results_path} records the dataset {recorded!r}, but --dataset says {dataset!r}; drop "
+                         f"--dataset (the recorded one is used) or correct it.")
+    dataset = recorded or dataset
+    if accuracy_results(results, results_path.name) and not dataset and not (results.get("data_dirs") or {}).get(
+            "validation"):
+        raise ValueError(f"{results_path} holds measured accuracies but does not say what data they were measured "
+                         f"on; name the dataset (e.g. --dataset ILSVRC/imagenet-1k) so that the card can state it.")
+    return dataset
+
+
 def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None = None,
-                        variant: str | None = None) -> Path:
+                        variant: str | None = None, space_id: str | None = None) -> Path:
     """Write the Hub repository folder for the ClusTR classifier in `source` into `output_dir` and return it.
 
     `source` is a folder written by save_pretrained (training output, or a converted reference checkpoint) or a
     reference .pth file (converted on the way, checked against `variant` if given). A trained folder's measured
-    accuracies (all_results.json / eval_results.json) go into the card and its model-index; they need `dataset`.
+    accuracies (all_results.json / eval_results.json) go into the card and its model-index with the data they were
+    measured on (recorded by the training scripts, else `dataset`). `space_id` names the Space the card points to.
+    The folder is written beside `output_dir` and moved there when complete.
     """
     source, output_dir = Path(source), Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} is not empty; give a new or empty --output-dir (nothing is overwritten).")
+    require_new_folder(output_dir)  # before the slow part
     if source.is_file() and source.suffix in (".pth", ".pt"):
         with tempfile.TemporaryDirectory() as converted:
             convert_checkpoint(source, converted, variant)
-            return assemble_hub_folder(converted, output_dir, repo_id=repo_id, dataset=dataset)
+            return assemble_hub_folder(converted, output_dir, repo_id=repo_id, dataset=dataset, space_id=space_id)
     model, image_processor = load_classifier(source)
     results_file, results = read_measured_results(source)
-    rows = accuracy_results(results, results_file) if results else []
-    if rows and not dataset:
-        raise ValueError(f"{source / results_file} holds measured accuracies; name the dataset they were measured "
-                         f"on (e.g. --dataset ILSVRC/imagenet-1k) so that the card can state it.")
+    results = results or {}
+    if results_file:
+        dataset = evaluation_dataset(results, dataset, source / results_file)
     card = render_card(
         model.config, image_processor, card_kind="folder", repo_id=repo_id,
         num_parameters=sum(parameter.numel() for parameter in model.parameters()), dataset=dataset,
-        results=rows,
-        results_file=results_file, eval_samples=(results or {}).get("eval_samples"),
+        results=accuracy_results(results, results_file), results_file=results_file, measured=results,
+        space_id=space_id,
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)  # with the .py files and the complete auto_map (importing clustr_hf registers)
-    image_processor.save_pretrained(output_dir)
-    card.save(output_dir / "README.md")
-    shutil.copyfile(HANDLER_PATH, output_dir / "handler.py")
-    (output_dir / "requirements.txt").write_text(f"transformers{transformers_requirement()}\n")
-    if results_file:
-        shutil.copyfile(source / results_file, output_dir / results_file)
-    check_remote_code(output_dir)
+    with atomic_folder(output_dir) as staging:
+        model.save_pretrained(staging)  # with the .py files and the complete auto_map (importing clustr_hf registers)
+        image_processor.save_pretrained(staging)
+        card.save(staging / "README.md")
+        shutil.copyfile(HANDLER_PATH, staging / "handler.py")
+        shutil.copyfile(VISUALIZATION_PATH, staging / "visualization.py")
+        (staging / "requirements.txt").write_text(f"transformers{transformers_requirement()}\n")
+        if results_file:
+            shutil.copyfile(source / results_file, staging / results_file)
+        check_remote_code(staging)
+    return output_dir
+
+
+def assemble_space_folder(app_path, output_dir, *, space_id: str, repo_id: str) -> Path:
+    """Write a Gradio Space into `output_dir` that runs the app in `app_path` (examples/app.py) on the Hub model
+    `repo_id`, loaded as remote code: app.py (naming `repo_id` as its model), requirements.txt and a README.md with
+    the Space's metadata. Written beside `output_dir` and moved there when complete."""
+    app_path, output_dir = Path(app_path), Path(output_dir)
+    app = app_path.read_text()
+    if app.count(APP_MODEL_LINE) != 1:
+        raise ValueError(f"{app_path} has no line {APP_MODEL_LINE!r} to name the Space's model in; give "
+                         f"examples/app.py of this version of clustr_hf.")
+    try:
+        gradio_version = importlib.metadata.version("gradio")
+    except importlib.metadata.PackageNotFoundError as error:
+        raise ImportError('Assembling a Space needs gradio, the version the Space will run: pip install -e ".[app]"'
+                          ) from error
+    card = SpaceCard.from_template(
+        SpaceCardData(title=f"ClusTR: {repo_id.split('/')[-1]}", sdk="gradio", sdk_version=gradio_version,
+                      python_version="{}.{}".format(*sys.version_info[:2]), app_file="app.py", models=[repo_id],
+                      license=LICENSE, tags=["clustr", "image-classification"], emoji="🧩", colorFrom="indigo",
+                      colorTo="green", pinned=False),
+        template_str=(
+            "---\n{{ card_data }}\n---\n\n# {{ title }}\n\nTry the ClusTR classifier "
+            "[{{ repo_id }}](https://huggingface.co/{{ repo_id }}) in the browser: upload a photo (or pick an example) "
+            "to see its top-5 labels, the clusters each clustered stage makes of it, and the forward time; switch "
+            "between the paper's exact clustering and the scalable pooled mode. The model and its code load from "
+            "the model repository (`trust_remote_code=True`); this Space holds only the app "
+            "(`examples/app.py` of clustr_hf).\n"
+        ),
+        title=f"ClusTR: {repo_id.split('/')[-1]}", repo_id=repo_id,
+    )
+    with atomic_folder(output_dir) as staging:
+        (staging / "app.py").write_text(app.replace(APP_MODEL_LINE, f"DEFAULT_MODEL = {json.dumps(repo_id)}"))
+        (staging / "requirements.txt").write_text(
+            "\n".join([f"transformers{transformers_requirement()}", *SPACE_REQUIREMENTS]) + "\n")
+        card.save(staging / "README.md")
     return output_dir
 
 
@@ -276,26 +438,45 @@ def upload_hub_folder(folder, repo_id: str, *, private: bool = False, revision: 
                       commit_message: str | None = None, token: str | None = None):
     """Create the Hub repository (if needed) and the branch `revision` (if given), then upload the assembled folder
     in one commit; returns huggingface_hub's CommitInfo. Raises PublishError naming the step that failed."""
-    folder = Path(folder)
-    missing = [name for name in HUB_FILES if not (folder / name).is_file()]
+    upload_again = ["python", "examples/push_to_hub.py", str(folder), "--upload-only", "--repo-id", repo_id]
+    upload_again += ["--private"] * private + ["--revision", revision] * (revision is not None)
+    return upload_folder(folder, repo_id, repo_type="model", required=HUB_FILES, upload_again=upload_again,
+                         private=private, revision=revision, commit_message=commit_message, token=token)
+
+
+def upload_space_folder(folder, space_id: str, *, repo_id: str, private: bool = False, token: str | None = None):
+    """Create the Gradio Space `space_id` (if needed) and upload the Space folder for the model `repo_id` in one
+    commit; returns huggingface_hub's CommitInfo. Raises PublishError naming the step that failed."""
+    upload_again = ["python", "examples/push_to_hub.py", str(folder), "--upload-only", "--repo-id", repo_id,
+                    "--space", space_id] + ["--private"] * private
+    return upload_folder(folder, space_id, repo_type="space", required=SPACE_FILES, upload_again=upload_again,
+                         private=private, token=token)
+
+
+def upload_folder(folder, repo_id: str, *, repo_type: str, required, upload_again: list[str], private: bool = False,
+                  revision: str | None = None, commit_message: str | None = None, token: str | None = None):
+    """Upload an assembled model or Space folder (see upload_hub_folder); `upload_again` is the command the errors
+    name for retrying."""
+    folder, upload_again = Path(folder), shlex.join(upload_again)
+    missing = [name for name in required if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} is not an assembled Hub folder (missing {', '.join(missing)}); build it "
-                                f"with assemble_hub_folder or examples/push_to_hub.py --dry-run first.")
-    upload_again = shlex.join(["python", "examples/push_to_hub.py", str(folder), "--upload-only", "--repo-id", repo_id]
-                              + ["--private"] * private + ["--revision", revision] * (revision is not None))
+        raise FileNotFoundError(f"{folder} is not an assembled {'Space' if repo_type == 'space' else 'Hub'} folder "
+                                f"(missing {', '.join(missing)}); build it with examples/push_to_hub.py --dry-run "
+                                f"first.")
     token = token or get_token()
     if not token:
         raise PublishError(f"No Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access), "
                            f"then upload the assembled folder, which is ready and unchanged: {upload_again}")
     api = HfApi(token=token)
-    step = f"creating the repository {repo_id}"
+    step = f"creating the {'Space' if repo_type == 'space' else 'repository'} {repo_id}"
     try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        repo_id = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True,
+                                  space_sdk="gradio" if repo_type == "space" else None).repo_id
         if revision not in (None, "main"):
             step = f"creating the branch {revision!r} of {repo_id}"
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
+            api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
         step = f"uploading {folder} to {repo_id}"
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+        return api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=folder, revision=revision,
                                  commit_message=commit_message or f"Upload {folder.name} with clustr_hf")
     except Exception as error:
         causes, cause = [], error

@@ -64,6 +64,7 @@ def main(argv=None) -> dict:
     print("\nHeld-out digits through pipeline('image-classification'):")
     for example, prediction in zip(held_out, predictions):
         print(f"  true {example['label']}  predicted {prediction[0]['label']}  (score {prediction[0]['score']:.3f})")
+    print(f"\nTry it in the browser: make app (python examples/app.py --model {args.output_dir})")
     return results
 
 

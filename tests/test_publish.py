@@ -2,7 +2,9 @@
 Inference Endpoints handler, and uploads through huggingface_hub's real upload code to a stand-in Hub on 127.0.0.1."""
 
 import base64
+import errno
 import hashlib
+import importlib.metadata
 import importlib.util
 import io
 import json
@@ -19,7 +21,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import run_without_clustr_hf, tiny_config
-from huggingface_hub import ModelCard, constants
+from huggingface_hub import ModelCard, SpaceCard, constants
 from reference_forward import reference_state_dict
 from safetensors.torch import load_file
 from skimage import data
@@ -32,9 +34,13 @@ from clustr_hf.handler import EndpointHandler, decode_image
 from clustr_hf.publishing import (
     COUNTED_GFLOPS,
     HANDLER_PATH,
+    VISUALIZATION_PATH,
+    WIDGET_EXAMPLES,
     PublishError,
     assemble_hub_folder,
+    assemble_space_folder,
     upload_hub_folder,
+    upload_space_folder,
     variant_card,
 )
 
@@ -50,6 +56,17 @@ PARAMETERS = {"b0": 3_322_702, "b1": 11_682_417, "b2": 22_690_941, "b3": 40_246_
 HUB_FILE_NAMES = {
     "README.md", "all_results.json", "config.json", "model.safetensors", "preprocessor_config.json", "handler.py",
     "requirements.txt", "configuration_clustr.py", "modeling_clustr.py", "clustering.py", "image_processing_clustr.py",
+    "visualization.py",
+}
+SPACE_ID = "test-user/clustr-tiny-demo"
+APP_PATH = ROOT / "examples" / "app.py"
+# What the training scripts record in all_results.json besides the metrics (see the scripts), for local image folders.
+LOCAL_RUN = {
+    **MEASURED, "train_samples": 60, "dataset": None,
+    "data_dirs": {"train": "/home/someone/data/photos/train", "validation": "/home/someone/data/photos/val"},
+    "base_model": "test-user/clustr-b0-imagenet",
+    "hyperparameters": {"learning_rate": 0.0005, "per_device_train_batch_size": 16, "num_train_epochs": 2,
+                        "horizontal_flip_prob": 0.0, "image_size": 64, "seed": 0},
 }
 
 
@@ -118,6 +135,11 @@ def test_variant_cards_validate_are_current_and_claim_no_results(variant):
                   'pipeline("image-classification", model=repo_id, trust_remote_code=True)',
                   "AutoBackbone.from_pretrained(", "@article{xie2022clustr"):
         assert usage in card.text
+    assert card.data.to_dict()["widget"] == WIDGET_EXAMPLES
+    text = " ".join(card.text.split())
+    assert "The Hub's hosted inference widget does not run custom code: the widget on this page cannot run" in text
+    assert "--space <your-namespace>/<space-name>" in text and "deploy the repository's `handler.py`" in text
+    assert "The reference recipe (ImageNet-1k): 300 epochs" in text and "recorded no training settings" not in text
     assert path.read_text() == str(variant_card(variant)), "stale card: run python -m clustr_hf.publishing model_cards"
     assert f"| FLOPs | {COUNTED_GFLOPS[variant]:.2f} GFLOPs (multiply-adds) at 224x224" in card.text
 
@@ -139,7 +161,11 @@ def test_trained_folder_card_reports_the_measured_results_and_only_those(hub_fol
     assert all(result.dataset_type == DATASET and result.dataset_split == "validation" and
                result.task_type == "image-classification" for result in results.values())
     assert card.data.model_name == "clustr-tiny"
-    assert "| Top-1 accuracy | 0.7500 (75.00%) |" in card.text and "(4 images)" in card.text
+    assert "| Top-1 accuracy | 0.7500 (75.00%) |" in card.text
+    text = " ".join(card.text.split())
+    assert f"evaluated on the validation split of the Hub dataset `{DATASET}` (4 images)" in text
+    # An older results file records no training settings: the card says so and claims no recipe for these weights.
+    assert "recorded no training settings, so this card states none. The reference recipe (ImageNet-1k)" in text
     parameters = sum(p.numel() for p in ClusTRForImageClassification(tiny_config(id2label=LABELS)).parameters())
     assert f"| parameters | {parameters:,} |" in card.text
     assert "| classes | 3 (cat, coffee, rocket) |" in card.text and f'repo_id = "{REPO_ID}"' in card.text
@@ -151,6 +177,45 @@ def test_folder_without_results_gets_no_model_index(trained_folder, tmp_path):
     card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
     assert card.data.eval_results is None and "model-index" not in card.data.to_dict() and card.data.datasets is None
     assert "so this card claims none" in card.text
+
+
+def folder_with_results(trained_folder, tmp_path, results: dict) -> Path:
+    source = shutil.copytree(trained_folder, tmp_path / "run", ignore=shutil.ignore_patterns("*results.json"))
+    (source / "all_results.json").write_text(json.dumps(results))
+    return source
+
+
+def test_card_of_a_run_on_local_folders_says_what_was_measured_and_how_it_was_trained(trained_folder, tmp_path):
+    source = folder_with_results(trained_folder, tmp_path, LOCAL_RUN)
+    folder = assemble_hub_folder(source, tmp_path / "hub", repo_id=REPO_ID)  # no --dataset: the run recorded its data
+    card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+    assert card.data.datasets is None and card.data.base_model == "test-user/clustr-b0-imagenet"
+    assert {(result.dataset_type, result.dataset_name) for result in card.data.eval_results} == {
+        ("imagefolder", "photos/val (local image folder)")}
+    text = " ".join(card.text.split())
+    assert "evaluated on a local image folder, `photos/val`, which is not on the Hub (4 images)" in text
+    assert ("These weights were fine-tuned from `test-user/clustr-b0-imagenet` with `clustr_hf`'s training script on "
+            "a local image folder, `photos/train` (60 training images), with these settings") in text
+    for row in ("| learning_rate | 0.0005 |", "| per_device_train_batch_size | 16 |", "| num_train_epochs | 2 |",
+                "| horizontal_flip_prob | 0.0 |", "| image_size | 64 |", "| seed | 0 |"):
+        assert row in card.text
+    assert "300 epochs" not in text and "/home/someone" not in card.text  # not the ImageNet recipe; no local paths
+
+
+def test_card_of_a_run_from_scratch_on_a_hub_dataset(trained_folder, tmp_path):
+    results = {**LOCAL_RUN, "dataset": DATASET, "data_dirs": None, "base_model": "b0"}
+    source = folder_with_results(trained_folder, tmp_path, results)
+    folder = assemble_hub_folder(source, tmp_path / "hub", repo_id=REPO_ID)
+    card = ModelCard.load(folder / "README.md", ignore_metadata_errors=False)
+    check_card_metadata(card)
+    assert card.data.datasets == [DATASET] and card.data.base_model is None  # a variant name is no Hub model
+    text = " ".join(card.text.split())
+    assert f"the validation split of the Hub dataset `{DATASET}` (4 images)" in text
+    assert (f"These weights were trained from scratch (the b0 architecture, randomly initialised) with `clustr_hf`'s "
+            f"training script on `{DATASET}` (60 training images)") in text
+    with pytest.raises(ValueError, match=re.escape(f"records the dataset '{DATASET}', but --dataset says 'other/set'")):
+        assemble_hub_folder(source, tmp_path / "hub2", repo_id=REPO_ID, dataset="other/set")
+    assert not (tmp_path / "hub2").exists()
 
 
 def test_reference_checkpoint_publishes_in_one_step(tmp_path):
@@ -206,6 +271,7 @@ def test_assembled_folder_holds_weights_config_code_card_and_handler(hub_folder,
     for name in ("configuration_clustr.py", "modeling_clustr.py", "clustering.py", "image_processing_clustr.py"):
         assert (hub_folder / name).read_bytes() == (ROOT / "clustr_hf" / name).read_bytes()
     assert (hub_folder / "handler.py").read_bytes() == HANDLER_PATH.read_bytes()
+    assert (hub_folder / "visualization.py").read_bytes() == VISUALIZATION_PATH.read_bytes()
     assert (hub_folder / "all_results.json").read_bytes() == (trained_folder / "all_results.json").read_bytes()
     assert re.fullmatch(r"transformers>=5\.\d+,<6\n", (hub_folder / "requirements.txt").read_text())
 
@@ -233,14 +299,13 @@ for example in examples[:2]:
 results["card_logits"] = namespace["logits"]
 results["card_pipeline"] = namespace["classify"]("cat.jpg")
 
-# The card's backbone example loads by Hub id; AutoBackbone.from_pretrained(<local folder>) fails in transformers 5.24
-# (it asks the Hub whether the path is a repo), so take the class from the same auto_map entry through from_config.
-out_features = ["stage1", "stage2", "stage3", "stage4"]
-config = AutoConfig.from_pretrained(folder, trust_remote_code=True, out_features=out_features)
-backbone = type(AutoBackbone.from_config(config, trust_remote_code=True)).from_pretrained(
-    folder, out_features=out_features).eval()
+# The card's AutoBackbone example needs the Hub (transformers 5.24 asks it whether repo_id is a repository); the card
+# says so and gives the snippet for a local folder, run here as written but for this folder.
+assert "AutoBackbone.from_pretrained(" in examples[2] and "get_class_from_dynamic_module" in examples[3]
+exec(examples[3].replace('"clustr-local/"', repr(folder)), namespace)
 with torch.no_grad():
-    results["feature_maps"] = backbone(**image_processor(PIL.Image.open("cat.jpg"), return_tensors="pt")).feature_maps
+    results["feature_maps"] = namespace["backbone"].eval()(
+        **image_processor(PIL.Image.open("cat.jpg"), return_tensors="pt")).feature_maps
 
 # The handler as Inference Endpoints load it: handler.py imported from the repository folder.
 spec = importlib.util.spec_from_file_location("handler", f"{folder}/handler.py")
@@ -335,7 +400,7 @@ def test_assembly_errors_name_the_problem(trained_folder, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="is not a ClusTR model folder: it has no config.json"):
         assemble_hub_folder(tmp_path / "empty", tmp_path / "out3", repo_id=REPO_ID)
-    with pytest.raises(ValueError, match="name the dataset they were measured on"):
+    with pytest.raises(ValueError, match="does not say what data they were measured on; name the dataset"):
         assemble_hub_folder(trained_folder, tmp_path / "out4", repo_id=REPO_ID)
     (tmp_path / "out5").mkdir()
     (tmp_path / "out5" / "keep.txt").write_text("mine")
@@ -343,6 +408,74 @@ def test_assembly_errors_name_the_problem(trained_folder, tmp_path):
         assemble_hub_folder(trained_folder, tmp_path / "out5", repo_id=REPO_ID, dataset=DATASET)
     assert [path.name for path in (tmp_path / "out5").iterdir()] == ["keep.txt"]
     assert not any((tmp_path / f"out{i}").exists() for i in range(1, 5))
+
+
+def test_assembly_failing_midway_leaves_the_output_folder_as_it_was(trained_folder, tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)  # the handler is copied after weights, config and card
+    (tmp_path / "empty").mkdir()
+    for output_dir in (tmp_path / "new", tmp_path / "empty"):
+        with pytest.raises(OSError, match="No space left on device"):
+            assemble_hub_folder(trained_folder, output_dir, repo_id=REPO_ID, dataset=DATASET)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]  # no partial folder anywhere
+    assert list((tmp_path / "empty").iterdir()) == []
+    monkeypatch.undo()
+    assemble_hub_folder(trained_folder, tmp_path / "empty", repo_id=REPO_ID, dataset=DATASET)  # retried: complete
+    assert {path.name for path in (tmp_path / "empty").iterdir()} == HUB_FILE_NAMES
+
+
+def test_truncated_weights_are_an_error_naming_the_file(trained_folder, tmp_path, capsys):
+    source = shutil.copytree(trained_folder, tmp_path / "copied")
+    weights = source / "model.safetensors"
+    complete = weights.read_bytes()
+    for length in (len(complete) // 2, 100, 4):
+        weights.write_bytes(complete[:length])
+        status = push_to_hub_cli()([str(source), "--repo-id", REPO_ID, "--output-dir", str(tmp_path / "hub"),
+                                    "--dataset", DATASET, "--dry-run"])
+        error = capsys.readouterr().err
+        assert status == 2 and f"error: {weights} ({length:,} bytes) is not a readable safetensors file" in error
+        assert "truncated or damaged" in error and "Traceback" not in error
+        assert not (tmp_path / "hub").exists()
+
+
+# ----------------------------------------------------------------------------------------------------- the Space
+
+def test_space_folder_runs_the_app_on_the_model_repository(tmp_path):
+    folder = assemble_space_folder(APP_PATH, tmp_path / "space", space_id=SPACE_ID, repo_id=REPO_ID)
+    assert sorted(path.name for path in folder.iterdir()) == ["README.md", "app.py", "requirements.txt"]
+    app = APP_PATH.read_text()
+    assert (folder / "app.py").read_text() == app.replace('DEFAULT_MODEL = "outputs/demo"',
+                                                          f'DEFAULT_MODEL = "{REPO_ID}"')
+    metadata = SpaceCard.load(folder / "README.md", ignore_metadata_errors=False).data.to_dict()
+    assert {key: metadata[key] for key in ("sdk", "sdk_version", "app_file", "models")} == {
+        "sdk": "gradio", "sdk_version": importlib.metadata.version("gradio"), "app_file": "app.py",
+        "models": [REPO_ID]}
+    requirements = (folder / "requirements.txt").read_text().splitlines()
+    assert re.fullmatch(r"transformers>=5\.\d+,<6", requirements[0])
+    assert {line.split(">=")[0] for line in requirements[1:]} == {"torch", "torchvision", "matplotlib",
+                                                                  "scikit-image"}
+    with pytest.raises(FileExistsError, match="is not empty"):
+        assemble_space_folder(APP_PATH, folder, space_id=SPACE_ID, repo_id=REPO_ID)
+    other_app = tmp_path / "other_app.py"
+    other_app.write_text("import gradio\n")
+    with pytest.raises(ValueError, match="has no line 'DEFAULT_MODEL = \"outputs/demo\"'"):
+        assemble_space_folder(other_app, tmp_path / "space2", space_id=SPACE_ID, repo_id=REPO_ID)
+    assert not (tmp_path / "space2").exists()
+
+
+def test_dry_run_with_a_space_writes_both_folders_with_either_flag_spelling(trained_folder, tmp_path, capsys):
+    status = push_to_hub_cli()([str(trained_folder), "--repo_id", REPO_ID, "--output_dir", str(tmp_path / "hub"),
+                                "--dataset", DATASET, "--space", SPACE_ID, "--dry_run"])
+    assert status == 0, capsys.readouterr().err
+    assert {path.name for path in (tmp_path / "hub").iterdir()} == HUB_FILE_NAMES
+    assert {path.name for path in (tmp_path / "hub-space").iterdir()} == {"README.md", "app.py", "requirements.txt"}
+    text = " ".join((tmp_path / "hub" / "README.md").read_text().split())
+    assert f"Try it in the Space [{SPACE_ID}](https://huggingface.co/spaces/{SPACE_ID})" in text
+    out = capsys.readouterr().out
+    assert f"Wrote the Hub folder {tmp_path / 'hub'}" in out
+    assert f"Wrote the Space folder {tmp_path / 'hub-space'}" in out
 
 
 # ------------------------------------------------------------------------------------------- the stand-in Hub
@@ -369,11 +502,11 @@ class StandInHubRequestHandler(BaseHTTPRequestHandler):
         ("POST", r"/api/repos/create", "create"),
         ("POST", r"/api/validate-yaml", "validate-yaml"),
         ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<revision>[^/]+)", "branch"),
-        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<revision>[^/]+)", "preupload"),
+        ("POST", r"/api/(?P<kind>models|spaces)/(?P<repo>[^/]+/[^/]+)/preupload/(?P<revision>[^/]+)", "preupload"),
         ("POST", r"/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", "lfs-batch"),
         ("PUT", r"/stand-in-lfs/(?P<oid>[0-9a-f]{64})", "lfs-upload"),
         ("POST", r"/stand-in-lfs/(?P<oid>[0-9a-f]{64})/verify", "lfs-verify"),
-        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<revision>[^/]+)", "commit"),
+        ("POST", r"/api/(?P<kind>models|spaces)/(?P<repo>[^/]+/[^/]+)/commit/(?P<revision>[^/]+)", "commit"),
     ]
 
     def log_message(self, *args):
@@ -428,12 +561,15 @@ class StandInHubRequestHandler(BaseHTTPRequestHandler):
         repo_id = f"{request.get('organization') or 'test-user'}/{request['name']}"
         if repo_id in self.server.repos:
             return self.reply(409, {"error": "You already created this model repo", "url": self.url(repo_id)})
-        self.server.repos[repo_id] = {"visibility": request.get("visibility"), "branches": {"main": {}}}
+        self.server.repos[repo_id] = {"visibility": request.get("visibility"), "branches": {"main": {}},
+                                      "type": request.get("type", "model"), "sdk": request.get("sdk")}
         self.reply(200, {"url": self.url(repo_id)})
 
     def handle_validate_yaml(self, body):
+        request = json.loads(body)
         try:
-            ModelCard(json.loads(body)["content"], ignore_metadata_errors=False)
+            (SpaceCard if request.get("repoType") == "space" else ModelCard)(request["content"],
+                                                                              ignore_metadata_errors=False)
         except ValueError as error:
             return self.reply(400, {"errors": [{"message": str(error)}]})
         self.reply(200, {"errors": [], "warnings": []})
@@ -445,7 +581,7 @@ class StandInHubRequestHandler(BaseHTTPRequestHandler):
         branches[revision] = dict(branches["main"])
         self.reply(200, {})
 
-    def handle_preupload(self, body, repo, revision):
+    def handle_preupload(self, body, kind, repo, revision):
         if revision not in self.server.repos.get(repo, {}).get("branches", {}):
             return self.reply(404, {"error": f"Revision not found: {revision}"})
         files = json.loads(body)["files"]
@@ -477,7 +613,7 @@ class StandInHubRequestHandler(BaseHTTPRequestHandler):
             return self.reply(404, {"error": f"LFS object {oid} was not uploaded"})
         self.reply(200, {})
 
-    def handle_commit(self, body, repo, revision):
+    def handle_commit(self, body, kind, repo, revision):
         lines = [json.loads(line) for line in body.decode().splitlines() if line]
         files = {}
         for line in lines[1:]:
@@ -568,6 +704,31 @@ def test_failed_upload_says_what_failed_and_leaves_the_folder_intact(
     command = shlex.split(str(error.value).rsplit("python examples/push_to_hub.py ", 1)[1])
     assert push_to_hub_cli()(command) == 0
     assert stand_in_hub.repos[REPO_ID]["branches"]["main"] == before
+
+
+def test_push_to_hub_with_a_space_uploads_the_model_then_the_space(stand_in_hub, trained_folder, tmp_path, capsys):
+    status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--output-dir", str(tmp_path / "hub"),
+                                "--dataset", DATASET, "--space", SPACE_ID, "--space-dir", str(tmp_path / "space")])
+    assert status == 0, capsys.readouterr().err
+    assert stand_in_hub.repos[REPO_ID]["branches"]["main"] == folder_contents(tmp_path / "hub")
+    space = stand_in_hub.repos[SPACE_ID]
+    assert (space["type"], space["sdk"]) == ("space", "gradio")
+    assert space["branches"]["main"] == folder_contents(tmp_path / "space")
+    assert [commit[0] for commit in stand_in_hub.commits] == [REPO_ID, SPACE_ID]
+    assert f"Uploaded the Space: {stand_in_hub.endpoint}/{SPACE_ID}/commit/" in capsys.readouterr().out
+
+
+def test_failed_space_upload_names_the_command_that_uploads_it_again(stand_in_hub, tmp_path):
+    folder = assemble_space_folder(APP_PATH, tmp_path / "space", space_id=SPACE_ID, repo_id=REPO_ID)
+    stand_in_hub.failures["commit"] = (500, "Internal error while committing")
+    with pytest.raises(PublishError, match="Internal error while committing") as error:
+        upload_space_folder(folder, SPACE_ID, repo_id=REPO_ID)
+    stand_in_hub.failures.clear()
+    command = shlex.split(str(error.value).rsplit("python examples/push_to_hub.py ", 1)[1])
+    assert command == [str(folder), "--upload-only", "--repo-id", REPO_ID, "--space", SPACE_ID]
+    assert push_to_hub_cli()(command) == 0
+    assert stand_in_hub.repos[SPACE_ID]["branches"]["main"] == folder_contents(folder)
+    assert REPO_ID not in stand_in_hub.repos  # --upload-only --space uploads the Space folder only
 
 
 def test_no_token_is_a_clear_error_before_any_request(stand_in_hub, hub_folder, monkeypatch):

@@ -1,0 +1,307 @@
+"""The Gradio app (examples/app.py): served on 127.0.0.1 in this process and called through gradio_client and a real
+headless Chromium, and as a Space in a fresh process that loads the model by Hub id as remote code only."""
+
+import importlib.util
+import io
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import run_without_clustr_hf, tiny_config
+from skimage import data
+from transformers import pipeline
+
+from clustr_hf import ClusTRForImageClassification, ClusTRImageProcessor
+from clustr_hf.publishing import assemble_hub_folder, assemble_space_folder
+from clustr_hf.visualization import cluster_maps, plot_cluster_grid
+
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_PATH = ROOT / "examples" / "app.py"
+SCREENSHOT = ROOT / "docs" / "app.png"
+UPDATE_SCREENSHOT = bool(os.environ.get("CLUSTR_UPDATE_SCREENSHOT"))
+"""CLUSTR_UPDATE_SCREENSHOT=1 saves the browser test's screenshot as docs/app.png, the README's picture of the app."""
+PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut", "coins": "coins",
+          "camera": "camera"}
+"""The test model's classes and the scikit-image photo each was trained on."""
+REPO_ID = "test-user/clustr-app"
+SPACE_ID = "test-user/clustr-app-demo"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,1000",
+)
+"""The background-networking flags keep Chromium from calling out, which hangs its connections on a closed network."""
+
+
+def load_app():
+    spec = importlib.util.spec_from_file_location("clustr_app", APP_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def photo(name: str) -> PIL.Image.Image:
+    return PIL.Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    return load_app()
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    """A tiny ClusTR whose classifier is trained until it tells six photos apart, saved as training saves it; the
+    labels name what the photos show, so the app's top label can be checked on the page. Only the head is trained
+    (on the features of one forward pass): a few milliseconds instead of a minute of training the whole model."""
+    torch.manual_seed(0)
+    labels = list(PHOTOS)
+    model = ClusTRForImageClassification(tiny_config(num_labels=len(labels), id2label=dict(enumerate(labels)))).eval()
+    processor = ClusTRImageProcessor(size=64)
+    pixel_values = processor([photo(name) for name in PHOTOS.values()], return_tensors="pt").pixel_values
+    with torch.no_grad():
+        features = model.clustr(pixel_values).pooler_output
+    mean, scale = features.mean(0), 1 / features.std(0).clamp_min(1e-6)
+    head = torch.nn.Linear(features.shape[-1], len(labels))  # on standardised features
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.1)
+    targets = torch.arange(len(labels))
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(head((features - mean) * scale), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():  # the standardisation folded into the model's own classifier
+        model.classifier.weight.copy_(head.weight * scale)
+        model.classifier.bias.copy_(head.bias - (head.weight * scale) @ mean)
+        scores = model(pixel_values).logits.softmax(-1)
+    assert torch.equal(scores.argmax(-1), targets) and scores.max(-1).values.min() > 0.5, "the head did not learn"
+    folder = tmp_path_factory.mktemp("app_model") / "clustr-app"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Uploads: a real photo as JPEG, a text file, an empty file, a 21 MB file and a 96-megapixel PNG of a few
+    kilobytes."""
+    folder = tmp_path_factory.mktemp("uploads")
+    photo("chelsea").save(folder / "chelsea.jpg", quality=90)
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "big.jpg").write_bytes(b"\xff\xd8\xff" + bytes(21 * 2**20))
+    PIL.Image.new("1", (12000, 8000)).save(folder / "huge.png")
+    return folder
+
+
+OUTSIDE_CONNECTIONS = []
+"""Connections this process tried to open to anything but this machine while the app served (refused)."""
+
+
+@pytest.fixture(scope="module")
+def served_app(app_module, model_folder):
+    """The app on the test model, served on 127.0.0.1 at a free port for the whole module; meanwhile any look-up of
+    or connection to another machine is refused and recorded (the app must not phone home)."""
+    local = ("127.0.0.1", "::1", "localhost", None)
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def local_connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in local:
+            OUTSIDE_CONNECTIONS.append(address)
+            raise ConnectionRefusedError(f"test: no connections to {address}")
+        return connect(sock, address)
+
+    def local_getaddrinfo(host, *args, **kwargs):
+        if host not in local:
+            OUTSIDE_CONNECTIONS.append(host)
+            raise socket.gaierror(f"test: no look-ups of {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, socket.socket() as probe:
+        patch.setattr(socket.socket, "connect", local_connect)
+        patch.setattr(socket, "getaddrinfo", local_getaddrinfo)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        ui = app_module.build_app(app_module.Classifier(str(model_folder)))
+        _, url, _ = app_module.launch(ui, "127.0.0.1", port, block=False)
+        yield url
+        ui.close()
+
+
+@pytest.fixture(scope="module")
+def client(served_app):
+    from gradio_client import Client
+
+    return Client(served_app, verbose=False)
+
+
+def classify(client, path, mode="exact"):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), mode, api_name="/classify")
+
+
+def test_top_5_labels_and_scores_are_the_pipelines(client, model_folder, files):
+    labels, _, status = classify(client, files / "chelsea.jpg")
+    expected = pipeline("image-classification", model=str(model_folder))(str(files / "chelsea.jpg"), top_k=5)
+    assert [entry["label"] for entry in labels["confidences"]] == [entry["label"] for entry in expected]
+    np.testing.assert_allclose([entry["confidence"] for entry in labels["confidences"]],
+                               [entry["score"] for entry in expected], rtol=1e-5)
+    assert labels["label"] == "cat" == expected[0]["label"]
+    assert status.startswith("Forward pass: **") and "(exact clustering, CPU" in status
+
+
+def test_cluster_picture_is_the_visualisation_of_each_clustered_stage_as_png(client, model_folder, files):
+    _, picture_path, _ = classify(client, files / "chelsea.jpg")
+    picture = PIL.Image.open(picture_path)
+    assert picture.format == "PNG"
+    # The oracle: clustr_hf's visualisation of the last block of each clustered stage, over the image the model saw.
+    model = ClusTRForImageClassification.from_pretrained(model_folder).eval()
+    processor = ClusTRImageProcessor.from_pretrained(model_folder)
+    image = PIL.Image.open(files / "chelsea.jpg").convert("RGB")
+    maps = cluster_maps(model, processor(image, return_tensors="pt").pixel_values)
+    last_blocks = [[block for block in maps if block.stage == stage][-1] for stage in (1, 2, 3)]
+    assert [block.block for block in last_blocks] == [0, 1, 0]  # tiny config: depths 1, 2, 1 in the clustered stages
+    shown = processor(image, do_normalize=False, return_tensors="pt").pixel_values[0]
+    shown = (shown * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    plot_cluster_grid(shown, last_blocks, note="exact clustering").savefig(buffer, format="png")
+    expected = PIL.Image.open(buffer)
+    assert picture.size == expected.size == (440, 790)  # 3 stages x (coarse, fine) panels of 2.2 inches at 100 dpi
+    np.testing.assert_array_equal(np.asarray(picture.convert("RGBA")), np.asarray(expected.convert("RGBA")))
+
+
+def test_pooled_switch_reruns_with_pooled_clustering(client, model_folder, files):
+    exact_labels, _, exact_status = classify(client, files / "chelsea.jpg", "exact")
+    pooled_labels, pooled_picture, pooled_status = classify(client, files / "chelsea.jpg", "pooled")
+    assert "(pooled clustering, CPU" in pooled_status and pooled_status != exact_status
+    assert pooled_labels.keys() == exact_labels.keys() == {"label", "confidences"}
+    assert [set(entry) for entry in pooled_labels["confidences"]] == [{"label", "confidence"}] * 5
+    model = ClusTRForImageClassification.from_pretrained(model_folder, clustering_mode="pooled").eval()
+    pixel_values = ClusTRImageProcessor.from_pretrained(model_folder)(
+        PIL.Image.open(files / "chelsea.jpg"), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        scores = model(pixel_values).logits[0].softmax(-1)
+    top = scores.topk(5)
+    assert [entry["label"] for entry in pooled_labels["confidences"]] == [
+        model.config.id2label[index] for index in top.indices.tolist()]
+    np.testing.assert_allclose([entry["confidence"] for entry in pooled_labels["confidences"]], top.values.tolist(),
+                               rtol=1e-5)
+    assert PIL.Image.open(pooled_picture).format == "PNG"
+    assert classify(client, files / "chelsea.jpg", "exact")[0] == exact_labels  # and back
+
+
+@pytest.mark.parametrize("name, message", [
+    ("notes.txt", "`notes.txt` is not an image file the app can read (not a format PIL knows)"),
+    ("empty.png", "`empty.png` is empty (0 bytes)"),
+    ("big.jpg", "`big.jpg` is 21 MB; the app takes files up to 20 MB"),
+    ("huge.png", "`huge.png` is 12000x8000 pixels (96 megapixels); the app takes up to 89 megapixels"),
+])
+def test_bad_upload_gets_a_readable_message(client, files, name, message):
+    labels, picture, status = classify(client, files / name)
+    assert status.startswith("**Could not classify the upload.** ") and message in status
+    assert "Traceback" not in status and picture is None and not labels.get("confidences")
+
+
+def test_missing_demo_model_says_to_run_make_demo(app_module, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no outputs/demo here
+    assert app_module.main([]) == 2
+    assert "There is no model in outputs/demo yet: run `make demo` first" in capsys.readouterr().err
+    assert app_module.main(["--model", str(tmp_path / "nowhere")]) == 2
+    assert "Pass --model with a folder written by save_pretrained" in capsys.readouterr().err
+
+
+def test_browser_uploads_a_photo_and_sees_labels_and_clusters(served_app, files):
+    """Headless Chromium (Debian's, through its chromedriver) uses the page as a visitor does. A browser that does
+    not start fails the test with the reason: `make install` installs chromium and chromium-driver."""
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver_path):
+        pytest.fail(f"Chromium or its driver is missing (chromium: {browser}, chromedriver: {driver_path}); install "
+                    f"them with `make install` as root or `apt-get install chromium chromium-driver`.")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    profile = tempfile.mkdtemp(prefix="clustr-chromium-")
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    except WebDriverException as error:
+        shutil.rmtree(profile, ignore_errors=True)
+        pytest.fail(f"Headless Chromium did not start: {error.msg}")
+    try:
+        driver.get(served_app)
+        wait = WebDriverWait(driver, 60)
+        file_input = (By.CSS_SELECTOR, "#upload input[type=file]")
+        upload = wait.until(expected_conditions.presence_of_element_located(file_input))
+        upload.send_keys(str(files / "chelsea.jpg"))
+        picture = wait.until(expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, "#clusters img")))
+        wait.until(lambda _: picture.get_attribute("complete") and int(picture.get_attribute("naturalWidth")) > 0)
+        wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "status"), "Forward pass"))
+        labels = driver.find_element(By.ID, "labels").text.split("\n")
+        assert labels[:2] == ["Top-5 labels", "cat"] and "cat" in driver.find_element(By.TAG_NAME, "body").text
+        assert int(picture.get_attribute("naturalWidth")) == 440
+        screenshot = driver.get_screenshot_as_png()
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    image = PIL.Image.open(io.BytesIO(screenshot))
+    assert image.size[0] >= 1000 and len(np.unique(np.asarray(image.convert("L")))) > 50  # a rendered page
+    if UPDATE_SCREENSHOT:
+        image.convert("RGB").quantize(128, method=PIL.Image.Quantize.MEDIANCUT).save(SCREENSHOT, optimize=True)
+
+
+def test_the_app_contacted_no_other_machine(served_app):
+    """Runs after the tests above, which used the app: Gradio's analytics, version check and telemetry stay off."""
+    assert OUTSIDE_CONNECTIONS == []
+
+
+# Runs through conftest.run_without_clustr_hf, which puts site-packages back as sys.argv[1].
+SPACE_PROCESS = r"""
+import json
+sys.path.insert(0, sys.argv[2])
+import app  # the Space's app.py, as the Space runs it (not as __main__: no server here)
+
+classifier = app.Classifier(app.DEFAULT_MODEL)
+labels, picture, status = classifier.predict("chelsea.jpg", "exact")
+app.build_app(classifier)
+print(json.dumps({"model": app.DEFAULT_MODEL, "visualization": app.visualization is None, "labels": labels,
+                  "picture": list(picture.size), "status": status,
+                  "modules": [type(classifier.model).__module__, classifier.cluster_maps.__module__]}))
+"""
+
+
+def test_space_runs_in_a_fresh_process_with_the_model_from_the_hub_as_remote_code(model_folder, files, tmp_path):
+    hub_folder = assemble_hub_folder(model_folder, tmp_path / "hub", repo_id=REPO_ID, space_id=SPACE_ID)
+    space_folder = assemble_space_folder(APP_PATH, tmp_path / "space", space_id=SPACE_ID, repo_id=REPO_ID)
+    # The model repository as huggingface_hub caches a download of it: the Space loads it by its Hub id, offline.
+    repo_cache = tmp_path / "hf_home" / "hub" / f"models--{REPO_ID.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(hub_folder, repo_cache / "snapshots" / commit)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+    shutil.copyfile(files / "chelsea.jpg", tmp_path / "chelsea.jpg")
+
+    completed = run_without_clustr_hf(SPACE_PROCESS, str(space_folder), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    answer = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert answer["model"] == REPO_ID and answer["visualization"]
+    assert all(module.startswith("transformers_modules.") for module in answer["modules"]), answer["modules"]
+    expected = pipeline("image-classification", model=str(model_folder))(str(files / "chelsea.jpg"), top_k=5)
+    assert list(answer["labels"]) == [entry["label"] for entry in expected]
+    np.testing.assert_allclose(list(answer["labels"].values()), [entry["score"] for entry in expected], rtol=1e-5)
+    assert answer["picture"] == [440, 790] and answer["status"].startswith("Forward pass: **")
