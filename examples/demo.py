@@ -8,9 +8,7 @@ through `pipeline("image-classification")` loaded from that folder.
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 
 # Idle OpenMP threads sleep instead of spinning: with other jobs on the 2 cores, spinning threads made the demo's
@@ -19,11 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from transformers import pipeline  # noqa: E402
 
-from clustr_hf.training_utils import load_digits_dataset  # noqa: E402  (importing clustr_hf registers ClusTR)
-
-
-sys.path.insert(0, str(Path(__file__).parent))
-import run_image_classification_no_trainer  # noqa: E402
+import run_image_classification_no_trainer  # noqa: E402  (beside this script, as its training_utils)
+from training_utils import load_digits_dataset  # noqa: E402  (importing clustr_hf registers ClusTR)
 
 
 def training_flags(output_dir: str, epochs: int, image_size: int) -> list[str]:

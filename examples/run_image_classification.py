@@ -19,7 +19,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 
 from clustr_hf import VARIANTS
-from clustr_hf.training_utils import (
+from training_utils import (
     TRAINER_CHECKPOINTS,
     DataArguments,
     EpochSampler,

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
 
-from clustr_hf.training_utils import (
+from training_utils import (
     DataArguments,
     EpochSampler,
     ImageCollator,

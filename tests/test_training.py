@@ -23,7 +23,7 @@ from training_helpers import (
 )
 
 from clustr_hf import ClusTRForImageClassification
-from clustr_hf.training_utils import (
+from training_utils import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_LABELS,
     CheckpointError,

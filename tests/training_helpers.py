@@ -19,7 +19,7 @@ DIGIT_LABELS = [str(digit) for digit in range(10)]
 def save_tiny_classifier(folder: Path, image_size: int = 32, **overrides) -> Path:
     """A randomly initialised tiny ClusTR digit classifier with its image processor, saved as a model folder."""
     from clustr_hf import ClusTRForImageClassification
-    from clustr_hf.training_utils import default_image_processor
+    from training_utils import default_image_processor
 
     config = tiny_config(
         num_labels=10, id2label=dict(enumerate(DIGIT_LABELS)), label2id={d: i for i, d in enumerate(DIGIT_LABELS)},

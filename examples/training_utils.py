@@ -25,9 +25,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 from transformers.trainer_pt_utils import get_parameter_names
 from transformers.utils import logging
 
-from .configuration_clustr import VARIANTS, ClusTRConfig
-from .image_processing_clustr import ClusTRImageProcessor
-from .modeling_clustr import ClusTRForImageClassification
+from clustr_hf import VARIANTS, ClusTRConfig, ClusTRForImageClassification, ClusTRImageProcessor
 
 
 logger = logging.get_logger(__name__)
