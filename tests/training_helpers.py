@@ -57,10 +57,12 @@ def start_no_trainer(flags: list[str], launcher: tuple[str, ...] = ()) -> subpro
     return subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> None:
-    """Wait for a script started by `start_no_trainer`; fail with its output if it failed."""
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """Wait for a script started by `start_no_trainer`; fail with its output if it failed, else return its standard
+    output and error."""
     stdout, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"{' '.join(process.args)} failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
+    return stdout, stderr
 
 
 def run_no_trainer(flags: list[str], launcher: tuple[str, ...] = ()) -> None:
