@@ -114,30 +114,73 @@ def test_missing_fashion_mnist_says_how_to_install(tmp_path):
         load_fashion_mnist_dataset(tmp_path)
 
 
-def test_imagefolder_and_saved_datasets(tmp_path):
+def test_imagefolder_and_saved_datasets(tmp_path, capfd, caplog):
     digits = load_digits_dataset()
     for split, source in (("train", digits["train"]), ("validation", digits["validation"])):
-        for index in range(8):
+        for index in range(16):  # datasets shows its download bars from 16 files on
             example = source[index]
             folder = tmp_path / split / f"digit_{example['label']}"
             folder.mkdir(parents=True, exist_ok=True)
             example["image"].save(folder / f"{index}.png")
+    capfd.readouterr()
     dataset = load_image_dataset(DataArguments(train_dir=str(tmp_path / "train"),
                                                validation_dir=str(tmp_path / "validation")))
-    assert (len(dataset["train"]), len(dataset["validation"])) == (8, 8)
+    assert (len(dataset["train"]), len(dataset["validation"])) == (16, 16)
+    assert "Downloading data" not in capfd.readouterr().err  # local files: nothing to download, no download bars
     names = class_names(dataset, "label")
     assert all(name.startswith("digit_") for name in names)
-    assert set(names) == {f"digit_{label}" for label in digits["train"][:8]["label"]}
+    assert set(names) == {f"digit_{label}" for split in ("train", "validation")
+                          for label in digits[split][:16]["label"]}
     assert dataset["train"][0]["image"].size == (8, 8)
 
     saved = load_image_dataset(DataArguments(dataset_name=str(_saved(digits, tmp_path / "digits_saved")),
                                              max_train_samples=20))
     assert len(saved["train"]) == 20 and len(saved["validation"]) == 360
+    everything = load_image_dataset(DataArguments(max_train_samples=5000))
+    assert len(everything["train"]) == 1437 and "--max_train_samples 5000 is more than the 1437 images" in caplog.text
 
     with pytest.raises(ValueError, match="--label_column_name"):
         load_image_dataset(DataArguments(label_column_name="digit"))
     with pytest.raises(ValueError, match="--train_dir"):
         load_image_dataset(DataArguments(dataset_name=str(tmp_path / "train")))
+
+
+@pytest.mark.parametrize("script", ["run_image_classification", "run_image_classification_no_trainer"])
+def test_help_lists_every_flag(script, capsys):
+    import dataclasses
+    import importlib
+
+    from transformers import TrainingArguments
+
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_status:
+        module.main(["--help"])
+    assert exit_status.value.code == 0
+    listed = capsys.readouterr().out
+    script_flags = TrainingArguments if script == "run_image_classification" else module.LoopArguments
+    for arguments in (ModelArguments, DataArguments, RecipeArguments, script_flags):
+        missing = [field.name for field in dataclasses.fields(arguments)
+                   if field.init and f"--{field.name} " not in listed and f"--{field.name}\n" not in listed]
+        assert not missing, f"--help does not list {missing}"
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("run_image_classification_no_trainer", ["--gradient_accumulation_steps", "0"],
+     "--gradient_accumulation_steps 0 must be at least 1"),
+    ("run_image_classification", ["--gradient_accumulation_steps", "0"],
+     "--gradient_accumulation_steps 0 must be at least 1"),
+    ("run_image_classification_no_trainer", ["--image_size", "0"], "--image_size 0 must be at least 1"),
+    ("run_image_classification", ["--max_steps", "0"], "--max_steps 0 would train nothing"),
+    ("run_image_classification_no_trainer", ["--model_name_or_path", "b9"],
+     "'b9' is not a variant \\(b0, b1, b2, b3\\), folder or cached Hub id"),
+])
+def test_bad_flags_are_named(script, flags, message, tmp_path):
+    import importlib
+
+    main = importlib.import_module(script).main
+    with pytest.raises((ValueError, OSError), match=message):
+        main(["--output_dir", str(tmp_path / "out"), "--max_train_samples", "8", "--do_train", *flags]
+             if script == "run_image_classification" else ["--output_dir", str(tmp_path / "out"), *flags])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
