@@ -138,7 +138,8 @@ def write_model_card(trainer: Trainer, model_args: ModelArguments, record: dict)
     if local_base and trainer.is_world_process_zero():
         card_path = Path(trainer.args.output_dir, "README.md")
         card_path.write_text(card_path.read_text().replace(
-            "This model was trained from scratch on", f"This model is a fine-tuned version of the local model `{base}` on"
+            "This model was trained from scratch on",
+            f"This model is a fine-tuned version of the local model `{base}` on",
         ))
         if trainer.args.push_to_hub:
             upload_file(path_or_fileobj=card_path, path_in_repo="README.md", repo_id=trainer.hub_model_id,
