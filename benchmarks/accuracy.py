@@ -22,6 +22,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+
+# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
+# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import datasets
 import numpy as np
 import torch

@@ -11,8 +11,8 @@ import os
 import time
 
 
-# Idle OpenMP threads sleep instead of spinning: with other jobs on the 2 cores, spinning threads made the demo's
-# training steps 3-6x slower (measured). Must be set before torch loads OpenMP.
+# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
+# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from transformers import pipeline  # noqa: E402
@@ -39,7 +39,8 @@ def training_flags(output_dir: str, epochs: int, image_size: int) -> list[str]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="outputs/demo", help="Where the Hub-ready folder is written.")
+    parser.add_argument("--output_dir", "--output-dir", default="outputs/demo",
+                        help="Where the Hub-ready folder is written.")
     parser.add_argument("--epochs", type=int, default=10, help="Training epochs over the 1437 training digits.")
     parser.add_argument("--image_size", type=int, default=64, help="Side of the upsampled digits.")
     parser.add_argument("--num_examples", type=int, default=6, help="Held-out digits shown through the pipeline.")
