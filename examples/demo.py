@@ -37,14 +37,18 @@ def training_flags(output_dir: str, epochs: int, image_size: int) -> list[str]:
     ]
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", "--output-dir", default="outputs/demo",
                         help="Where the Hub-ready folder is written.")
     parser.add_argument("--epochs", type=int, default=10, help="Training epochs over the 1437 training digits.")
     parser.add_argument("--image_size", type=int, default=64, help="Side of the upsampled digits.")
     parser.add_argument("--num_examples", type=int, default=6, help="Held-out digits shown through the pipeline.")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
 
     start = time.perf_counter()
     results = run_image_classification_no_trainer.main(training_flags(args.output_dir, args.epochs, args.image_size))

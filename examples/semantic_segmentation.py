@@ -7,7 +7,7 @@ training photos (image and label map transformed together); validation uses othe
 wiring (ClusTR as an AutoBackbone inside UperNet, labels, loss, Trainer, save and reload), not a benchmark; no
 pretrained ClusTR weights exist, so the backbone starts from random initialisation.
 
-    python examples/semantic_segmentation.py --output_dir runs/upernet-clustr   # b0 backbone, 20 steps: ~2-3 min on 2 cores
+    python examples/semantic_segmentation.py --output_dir runs/upernet-clustr   # b0 backbone, 20 steps: 1 minute
 
 The output folder holds the model (`UperNetForSemanticSegmentation.from_pretrained(folder)` after `import clustr_hf`),
 the image processor that normalises inputs (`ClusTRImageProcessor` with `do_resize=False`), and metrics.json.
