@@ -122,17 +122,16 @@ def make_loss_function(label_smoothing: float):
     return compute_loss
 
 
-def write_model_card(trainer: Trainer, model_args: ModelArguments, record: dict) -> None:
+def write_model_card(trainer: Trainer, model_args: ModelArguments, data_args: DataArguments, record: dict) -> None:
     """Trainer's model card, pushed with the model under --push_to_hub. Only a Hub model is linked as the base model;
     a local folder is named in the text (a link would point at huggingface.co/<folder>)."""
     base = model_args.model_name_or_path
-    local_base = model_args.config_name is None and base not in VARIANTS and os.path.isdir(base)
+    local_base = model_args.config_name is None and os.path.isdir(base)
     from_scratch = model_args.config_name is not None or (base in VARIANTS and not local_base)
-    data = record["dataset"] or ", ".join(sorted(set((record["data_dirs"] or {}).values()))) or "digits"
     card = {
         "finetuned_from": None if from_scratch or local_base else base,
         "tasks": "image-classification",
-        "dataset": data,
+        "dataset": data_args.dataset_name or data_args.train_dir or "digits",
         "dataset_tags": record["dataset"],
         "tags": ["image-classification", "vision", "clustr"],
     }
@@ -231,7 +230,7 @@ def main(argv=None) -> dict:
     metrics.update(record)
     if trainer.is_world_process_zero():
         Path(training_args.output_dir, "all_results.json").write_text(json.dumps(metrics, indent=2))
-    write_model_card(trainer, model_args, record)
+    write_model_card(trainer, model_args, data_args, record)
     return metrics
 
 

@@ -34,6 +34,7 @@ def test_a_data_url_without_its_comma_is_named(png):
 
 
 @pytest.mark.parametrize("limit", [1000, 2000])  # 3072 pixels: above twice the limit (PIL raises), or below (warns)
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_an_image_above_the_pixel_limit_is_refused_with_the_limit(png, monkeypatch, limit):
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(ValueError, match=f"too large to decode safely, above PIL's limit of {limit:,} pixels"):
