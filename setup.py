@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from setuptools import setup
 
 
@@ -5,7 +7,7 @@ setup(
     name="clustr_hf",
     version="0.1.0",
     description="ClusTR (arXiv 2208.13138) for Hugging Face transformers: content-clustered attention in a pyramid ViT",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=["clustr_hf"],
@@ -35,7 +37,6 @@ setup(
     },
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -22,6 +22,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+
+# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
+# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import datasets
 import numpy as np
 import torch
@@ -30,7 +35,12 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PvtV2Config
 
 from clustr_hf import ClusTRConfig
-from clustr_hf.training_utils import (
+
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))  # the training scripts and their training_utils
+from run_image_classification_no_trainer import evaluate_model, main as train_main  # noqa: E402
+from training_utils import (  # noqa: E402
     FASHION_MNIST_LABELS,
     ImageCollator,
     TransformedImageDataset,
@@ -39,11 +49,6 @@ from clustr_hf.training_utils import (
     load_fashion_mnist_dataset,
     load_top_k_accuracy,
 )
-
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-from run_image_classification_no_trainer import evaluate_model, main as train_main  # noqa: E402
 
 
 DEFAULT_MODELS = (

@@ -1,10 +1,15 @@
 """Convert a checkpoint of the authors' ClusTR code (names of ALGORITHM.md section 5) to a Hub-ready folder.
 
-    python -m clustr_hf.convert_reference_checkpoint --checkpoint in.pth --variant b2 --output-dir out/
+    python -m clustr_hf.convert_reference_checkpoint --checkpoint in.pth --variant b2 --output_dir out/
 """
 
 import argparse
+import contextlib
+import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,13 +51,28 @@ def _base_model_key(name: str) -> str | None:
     return None
 
 
+def reference_weights(checkpoint) -> dict:
+    """The reference state dict of a checkpoint (the weights, optionally wrapped under "model"), checked to map names
+    to tensors; ValueError naming what is not."""
+    state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"The checkpoint's weights are a {type(state_dict).__name__}, not a state dict (a dict of "
+                         f"names to tensors, as the reference saves under 'model').")
+    not_tensors = sorted(f"{name} ({type(value).__name__})" for name, value in state_dict.items()
+                         if not isinstance(value, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"{len(not_tensors)} entries of the state dict are not tensors: {not_tensors[:10]}; the "
+                         f"checkpoint is damaged or not a ClusTR reference checkpoint.")
+    return state_dict
+
+
 def convert_reference_state_dict(state_dict: dict) -> dict:
     """Rename a reference state dict (optionally wrapped under "model") to ClusTR names.
 
     With a `head` the result is for ClusTRForImageClassification (base model under `clustr.`), otherwise for
     ClusTRModel. Raises ValueError listing every name that is not a reference name.
     """
-    state_dict = state_dict.get("model", state_dict)
+    state_dict = reference_weights(state_dict)
     has_head = any(name.startswith("head.") for name in state_dict)
     converted, unexpected = {}, []
     for name, tensor in state_dict.items():
@@ -75,11 +95,17 @@ def infer_config(state_dict: dict, variant: str | None = None) -> ClusTRConfig:
     Widths, depths, MLP ratios, the number of cluster scales and the classes come from the shapes. Head counts do
     not change any shape, so they come from the variant: given, or the released variant with these widths and depths.
     """
-    state_dict = state_dict.get("model", state_dict)
-    stages = {int(m.group(1)) for name in state_dict if (m := re.match(r"patch_embed(\d)\.proj\.weight$", name))}
-    if not stages:
+    state_dict = reference_weights(state_dict)
+    stages = {int(m.group(1)) for name in state_dict if (m := re.match(r"(?:patch_embed|block|norm)(\d)\.", name))}
+    if "patch_embed1.proj.weight" not in state_dict:
         raise ValueError("The state dict has no patch_embed1.proj.weight: it is not a ClusTR reference checkpoint.")
     num_stages = max(stages)
+    missing = [name for stage in range(1, num_stages + 1)
+               for name in (f"patch_embed{stage}.proj.weight", f"block{stage}.0.mlp.fc1.weight")
+               if name not in state_dict]
+    if missing:
+        raise ValueError(f"The checkpoint lacks {', '.join(missing)} (stages 1 to {num_stages} found): it is "
+                         f"incomplete, e.g. a truncated or partly saved state dict.")
     hidden_sizes = [state_dict[f"patch_embed{i}.proj.weight"].shape[0] for i in range(1, num_stages + 1)]
     depths = [
         len({int(m.group(1)) for name in state_dict if (m := re.match(rf"block{i}\.(\d+)\.", name))})
@@ -120,9 +146,34 @@ def load_reference_checkpoint(path) -> dict:
     return checkpoint
 
 
+@contextlib.contextmanager
+def staged_folder(output_dir) -> Iterator[Path]:
+    """A temporary folder beside `output_dir` to write a model folder into. When the block ends without an error, its
+    files move into `output_dir` (a new folder is renamed into place; in an existing one the files of the same names
+    are replaced, others kept); on an error it is deleted and `output_dir` stays as it was. So a failure midway (a
+    full disk, an interrupt) never leaves a folder without weights, or new files beside old ones."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{output_dir} is a file; the output must be a folder (new or existing).")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
+    try:
+        yield staging
+        if not output_dir.exists():
+            os.rename(staging, output_dir)
+            return
+        for path in sorted(staging.iterdir()):  # renames only: nothing left to write that could fail for space
+            if path.is_dir() and (output_dir / path.name).is_dir():
+                shutil.rmtree(output_dir / path.name)
+            os.replace(path, output_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def convert_checkpoint(checkpoint_path, output_dir, variant: str | None = None):
     """Convert a reference checkpoint file into a Hub-ready folder (config.json, model.safetensors, the remote code
-    and the reference's 224x224 evaluation transform as preprocessor_config.json); returns the model."""
+    and the reference's 224x224 evaluation transform as preprocessor_config.json), written whole or not at all (see
+    `staged_folder`); returns the model."""
     state_dict = load_reference_checkpoint(checkpoint_path)
     converted = convert_reference_state_dict(state_dict)
     config = infer_config(state_dict, variant)
@@ -132,8 +183,9 @@ def convert_checkpoint(checkpoint_path, output_dir, variant: str | None = None):
     if missing or unexpected:
         raise ValueError(f"The converted checkpoint does not fit {model_class.__name__}: "
                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}.")
-    model.save_pretrained(output_dir)
-    ClusTRImageProcessor().save_pretrained(output_dir)
+    with staged_folder(output_dir) as staging:
+        model.save_pretrained(staging)
+        ClusTRImageProcessor().save_pretrained(staging)
     return model
 
 
@@ -141,9 +193,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, type=Path, help="reference .pth file")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="checked against the shapes; inferred if omitted")
-    parser.add_argument("--output-dir", required=True, type=Path)
+    parser.add_argument("--output_dir", "--output-dir", required=True, type=Path,
+                        help="the Hub-ready folder to write (new, or an existing one whose files it replaces)")
     args = parser.parse_args(argv)
-    model = convert_checkpoint(args.checkpoint, args.output_dir, args.variant)
+    try:
+        model = convert_checkpoint(args.checkpoint, args.output_dir, args.variant)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(f"Wrote {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) to "
           f"{args.output_dir}")
 

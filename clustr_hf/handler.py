@@ -22,12 +22,18 @@ _ACCEPTED = (
 
 def decode_image(inputs) -> PIL.Image.Image:
     """The RGB image in `inputs`: a PIL image, the bytes of an image file, or those bytes base64-encoded (optionally
-    as a `data:image/...;base64,` URL)."""
+    as a `data:image/...;base64,` URL; line breaks, as MIME base64 has them, are ignored)."""
     if isinstance(inputs, PIL.Image.Image):
         return inputs.convert("RGB")
     if isinstance(inputs, str):
-        encoded = inputs.split(",", 1)[1] if inputs.startswith("data:") else inputs
-        if not encoded.strip():
+        encoded = inputs
+        if inputs.startswith("data:"):
+            _, comma, encoded = inputs.partition(",")
+            if not comma:
+                raise ValueError(f"'inputs' is a data URL without the comma that ends its header "
+                                 f"('data:image/png;base64,<data>'); {_ACCEPTED}.")
+        encoded = "".join(encoded.split())
+        if not encoded:
             raise ValueError(f"'inputs' is an empty string; {_ACCEPTED}.")
         try:
             inputs = base64.b64decode(encoded, validate=True)
@@ -39,7 +45,15 @@ def decode_image(inputs) -> PIL.Image.Image:
         raise ValueError(f"'inputs' is empty (0 bytes); {_ACCEPTED}.")
     try:
         with PIL.Image.open(io.BytesIO(inputs)) as image:
+            limit = PIL.Image.MAX_IMAGE_PIXELS
+            if limit is not None and image.width * image.height > limit:  # PIL itself only warns up to twice that
+                raise PIL.Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
             return image.convert("RGB")
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(
+            f"'inputs' is an image too large to decode safely, above PIL's limit of {PIL.Image.MAX_IMAGE_PIXELS:,} "
+            f"pixels ({error}); send it resized (the model sees a few hundred pixels a side)."
+        ) from error
     except (PIL.UnidentifiedImageError, OSError) as error:
         raise ValueError(
             f"'inputs' ({len(inputs)} bytes, starting {bytes(inputs[:8])!r}) is not an image file PIL can read "

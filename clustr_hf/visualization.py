@@ -1,7 +1,7 @@
 """See what ClusTR clusters: per clustered block, the token clusters of an image laid out on the stage's grid, and
 pictures of them. The bookkeeping (`cluster_maps`) and the colouring (`cluster_colours`, `cluster_overlay`) need
 only torch and numpy; the figures (`plot_cluster_map`, `plot_cluster_grid`) need matplotlib
-(`pip install clustr_hf[viz]`), imported only when they are drawn.
+(`pip install matplotlib`; in a clone: `pip install -e ".[viz]"`), imported only when they are drawn.
 """
 
 from dataclasses import dataclass
@@ -242,7 +242,8 @@ def _matplotlib():
         from matplotlib.patches import Patch
     except ImportError as error:
         raise ImportError(
-            "Drawing cluster maps needs matplotlib, an optional extra: pip install clustr_hf[viz]"
+            "Drawing cluster maps needs matplotlib, an optional extra: pip install matplotlib (in a clone of "
+            "clustr_hf: pip install -e \".[viz]\")"
         ) from error
     return Figure, Line2D, Patch
 

@@ -8,22 +8,17 @@ through `pipeline("image-classification")` loaded from that folder.
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 
-# Idle OpenMP threads sleep instead of spinning: with other jobs on the 2 cores, spinning threads made the demo's
-# training steps 3-6x slower (measured). Must be set before torch loads OpenMP.
+# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
+# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from transformers import pipeline  # noqa: E402
 
-from clustr_hf.training_utils import load_digits_dataset  # noqa: E402  (importing clustr_hf registers ClusTR)
-
-
-sys.path.insert(0, str(Path(__file__).parent))
-import run_image_classification_no_trainer  # noqa: E402
+import run_image_classification_no_trainer  # noqa: E402  (beside this script, as its training_utils)
+from training_utils import load_digits_dataset  # noqa: E402  (importing clustr_hf registers ClusTR)
 
 
 def training_flags(output_dir: str, epochs: int, image_size: int) -> list[str]:
@@ -42,13 +37,18 @@ def training_flags(output_dir: str, epochs: int, image_size: int) -> list[str]:
     ]
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="outputs/demo", help="Where the Hub-ready folder is written.")
+    parser.add_argument("--output_dir", "--output-dir", default="outputs/demo",
+                        help="Where the Hub-ready folder is written.")
     parser.add_argument("--epochs", type=int, default=10, help="Training epochs over the 1437 training digits.")
     parser.add_argument("--image_size", type=int, default=64, help="Side of the upsampled digits.")
     parser.add_argument("--num_examples", type=int, default=6, help="Held-out digits shown through the pipeline.")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
 
     start = time.perf_counter()
     results = run_image_classification_no_trainer.main(training_flags(args.output_dir, args.epochs, args.image_size))

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Fine-tune or train an image classifier (ClusTR by default) with transformers' Trainer.
+r"""Fine-tune or train an image classifier (ClusTR by default) with transformers' Trainer.
 
 Takes every TrainingArguments flag (`--eval_strategy`, `--save_steps`, `--report_to`, `--push_to_hub`, ...) plus the
 data, model and recipe flags shared with the accelerate script; `--recipe imagenet` sets ALGORITHM.md section 6.
+Checkpoints are Trainer's own (`--save_strategy steps --save_steps N`); `--resume_from_checkpoint latest` (or a
+checkpoint folder) resumes a stopped run to the weights an uninterrupted run ends with.
 
     python examples/run_image_classification.py --model_name_or_path outputs/demo --dataset_name fashion_mnist \
         --ignore_mismatched_sizes --output_dir outputs/fashion --num_train_epochs 3 --eval_strategy epoch
@@ -12,23 +14,33 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from pathlib import Path
+
+
+# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
+# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
+import torch
+from huggingface_hub import upload_file
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import SaveStrategy
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from clustr_hf import VARIANTS
-from clustr_hf.training_utils import (
-    TRAINER_CHECKPOINTS,
+from training_utils import (
+    CheckpointError,
     DataArguments,
-    EpochSampler,
     ImageCollator,
     ModelArguments,
     RecipeArguments,
     build_datasets,
+    check_arguments,
+    check_at_least_one,
     class_names,
     classification_loss,
+    incomplete_checkpoints,
     list_checkpoints,
     load_image_dataset,
     load_model_and_image_processor,
@@ -36,6 +48,7 @@ from clustr_hf.training_utils import (
     parse_arguments,
     refuse_to_overwrite,
     resolve_checkpoint,
+    run_record,
     scaled_learning_rate,
     scheduler_kwargs,
     top_k_predictions,
@@ -44,25 +57,55 @@ from clustr_hf.training_utils import (
 
 logger = logging.getLogger(__name__)
 
+TRAINER_CHECKPOINTS = (f"{PREFIX_CHECKPOINT_DIR}-", TRAINER_STATE_NAME)
+"""Name prefix and completion marker of Trainer's checkpoints (Trainer writes trainer_state.json last)."""
 
-@dataclass
-class CheckpointArguments:
-    checkpointing_steps: int | None = field(
-        default=None,
-        metadata={"help": "Save a checkpoint every N steps (same as --save_strategy steps --save_steps N)."},
+
+def check_trainer_arguments(training_args: TrainingArguments) -> None:
+    """Fail early, naming the flag, on Trainer settings that would otherwise fail deep inside or be ignored."""
+    check_at_least_one(
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        per_device_eval_batch_size=training_args.per_device_eval_batch_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
     )
+    if training_args.max_steps == 0:
+        raise ValueError("--max_steps 0 would train nothing: give a positive number of steps, or leave it out to "
+                         "train for --num_train_epochs.")
+    if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
+        raise ValueError("--dataloader_persistent_workers keeps each worker's copy of the training set, which then "
+                         "misses the new order of every epoch after the first; leave it off.")
 
 
-class ImageClassificationTrainer(Trainer):
-    """Trainer that draws training batches from an `EpochSampler` (per-sample augmentation seeds, repeated
-    augmentation)."""
-
-    def __init__(self, *args, train_sampler: EpochSampler, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.train_sampler = train_sampler
-
-    def _get_train_sampler(self, train_dataset=None):
-        return self.train_sampler
+def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` names (a folder, or 'latest': the newest complete one in output_dir),
+    checked so that Trainer can resume it exactly; None for a fresh start. Refuses to write over complete checkpoints
+    and to resume from one whose state or random states are missing or corrupt."""
+    output_dir = training_args.output_dir
+    complete = list_checkpoints(output_dir, *TRAINER_CHECKPOINTS)
+    if training_args.resume_from_checkpoint is None:
+        refuse_to_overwrite(complete, 0)
+        return None
+    folder = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir, *TRAINER_CHECKPOINTS)
+    others = ", ".join(str(path) for _, path in complete if path != folder) or "none"
+    state_file = folder / TRAINER_STATE_NAME
+    try:
+        step = json.loads(state_file.read_text())["global_step"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"{state_file} is corrupt ({type(error).__name__}: {error}); resume from another checkpoint ({others}) or "
+            f"delete this one."
+        ) from error
+    random_states = (f"rng_state_{training_args.process_index}.pth" if training_args.world_size > 1
+                     else "rng_state.pth")
+    if not (folder / random_states).is_file():
+        raise CheckpointError(
+            f"Checkpoint {folder} lacks {random_states}: resumed without its random states, the run would not end "
+            f"where an uninterrupted one does. Resume from another checkpoint ({others}) or start again."
+        )
+    refuse_to_overwrite(complete, step)
+    for path in incomplete_checkpoints(output_dir, *TRAINER_CHECKPOINTS):
+        logger.warning(f"{path} was left incomplete by a stopped run (no {TRAINER_STATE_NAME}); it is written again.")
+    return str(folder)
 
 
 def make_loss_function(label_smoothing: float):
@@ -79,19 +122,52 @@ def make_loss_function(label_smoothing: float):
     return compute_loss
 
 
+def write_model_card(trainer: Trainer, model_args: ModelArguments, data_args: DataArguments, record: dict) -> None:
+    """Trainer's model card, pushed with the model under --push_to_hub. Only a Hub model is linked as the base model;
+    a local folder is named in the text (a link would point at huggingface.co/<folder>)."""
+    base = model_args.model_name_or_path
+    local_base = model_args.config_name is None and os.path.isdir(base)
+    from_scratch = model_args.config_name is not None or (base in VARIANTS and not local_base)
+    card = {
+        "finetuned_from": None if from_scratch or local_base else base,
+        "tasks": "image-classification",
+        "dataset": data_args.dataset_name or data_args.train_dir or "digits",
+        "dataset_tags": record["dataset"],
+        "tags": ["image-classification", "vision", "clustr"],
+    }
+    if trainer.args.push_to_hub:
+        trainer.push_to_hub(**card)  # writes the card, then uploads the folder
+    else:
+        trainer.create_model_card(**card)
+    if local_base and trainer.is_world_process_zero():
+        card_path = Path(trainer.args.output_dir, "README.md")
+        card_path.write_text(card_path.read_text().replace(
+            "This model was trained from scratch on",
+            f"This model is a fine-tuned version of the local model `{base}` on",
+        ))
+        if trainer.args.push_to_hub:
+            upload_file(path_or_fileobj=card_path, path_in_repo="README.md", repo_id=trainer.hub_model_id,
+                        token=trainer.args.hub_token, revision=trainer.args.hub_revision,
+                        commit_message="Model card: name the local base model")
+
+
 def main(argv=None) -> dict:
-    """Train, evaluate and save the final Hub-ready folder (model, image processor, metrics); returns the metrics."""
-    model_args, data_args, recipe_args, checkpoint_args, training_args = parse_arguments(
-        [ModelArguments, DataArguments, RecipeArguments, CheckpointArguments, TrainingArguments], argv
+    """Train, evaluate and save the final Hub-ready folder (model, image processor, metrics, all_results.json with
+    what the run was); returns all_results."""
+    model_args, data_args, recipe_args, training_args = parse_arguments(
+        [ModelArguments, DataArguments, RecipeArguments, TrainingArguments], argv
     )
+    check_arguments(model_args, data_args, recipe_args)
+    check_trainer_arguments(training_args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if training_args.should_log else logging.WARNING)
+    resume = checkpoint_to_resume(training_args) if training_args.do_train else None
 
     with training_args.main_process_first():
         dataset = load_image_dataset(data_args, seed=training_args.seed)
     labels = class_names(dataset, data_args.label_column_name)
     model, image_processor = load_model_and_image_processor(model_args, labels, recipe_args.drop_path_rate)
-    train_dataset, eval_dataset = build_datasets(dataset, image_processor, data_args, recipe_args)
+    train_dataset, eval_dataset = build_datasets(dataset, image_processor, data_args, recipe_args, training_args.seed)
 
     total_batch_size = (
         training_args.per_device_train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps
@@ -109,13 +185,13 @@ def main(argv=None) -> dict:
         )
         steps_per_epoch = math.ceil(batches_per_process / training_args.gradient_accumulation_steps)
         training_args.warmup_steps = round(recipe_args.warmup_epochs * steps_per_epoch)
-    if checkpoint_args.checkpointing_steps is not None:
-        training_args.save_strategy = SaveStrategy.STEPS
-        training_args.save_steps = checkpoint_args.checkpointing_steps
+    training_args.train_sampling_strategy = "sequential"  # the training set shuffles itself each epoch
     training_args.remove_unused_columns = False
+    if training_args.use_cpu or not torch.accelerator.is_available():
+        training_args.dataloader_pin_memory = False  # nothing to pin memory for; torch warns on every data loader
 
     metric = load_top_k_accuracy()
-    trainer = ImageClassificationTrainer(
+    trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset if training_args.do_train else None,
@@ -127,16 +203,10 @@ def main(argv=None) -> dict:
         compute_metrics=lambda prediction: metric.compute(
             predictions=prediction.predictions, references=np.asarray(prediction.label_ids)
         ),
-        train_sampler=EpochSampler(len(train_dataset), training_args.seed, recipe_args.repeated_augmentations),
     )
     metrics = {}
     if training_args.do_train:
-        resume, start_step = training_args.resume_from_checkpoint, 0
-        if resume is not None:
-            resume = resolve_checkpoint(resume, training_args.output_dir, *TRAINER_CHECKPOINTS)
-            start_step = json.loads((resume / TRAINER_CHECKPOINTS[1]).read_text())["global_step"]
-        refuse_to_overwrite(list_checkpoints(training_args.output_dir, *TRAINER_CHECKPOINTS), start_step)
-        result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+        result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
@@ -148,17 +218,19 @@ def main(argv=None) -> dict:
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
 
-    from_scratch = model_args.model_name_or_path in VARIANTS and not os.path.isdir(model_args.model_name_or_path)
-    card = {
-        "finetuned_from": None if from_scratch else model_args.model_name_or_path,
-        "tasks": "image-classification",
-        "dataset": data_args.dataset_name or data_args.train_dir or "digits",
-        "tags": ["image-classification", "vision", "clustr"],
-    }
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
-    elif trainer.is_world_process_zero():
-        trainer.create_model_card(**card)
+    record = run_record(
+        model_args, data_args, recipe_args, image_processor, len(train_dataset), len(eval_dataset),
+        learning_rate=training_args.learning_rate, lr_scheduler_type=str(training_args.lr_scheduler_type.value),
+        per_device_train_batch_size=training_args.per_device_train_batch_size,
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps, total_train_batch_size=total_batch_size,
+        num_train_epochs=trainer.state.num_train_epochs, max_steps=trainer.state.max_steps,
+        weight_decay=training_args.weight_decay, warmup_steps=training_args.warmup_steps,
+        max_grad_norm=training_args.max_grad_norm, seed=training_args.seed,
+    )
+    metrics.update(record)
+    if trainer.is_world_process_zero():
+        Path(training_args.output_dir, "all_results.json").write_text(json.dumps(metrics, indent=2))
+    write_model_card(trainer, model_args, data_args, record)
     return metrics
 
 

@@ -13,9 +13,15 @@ section 6. Examples (README.md, section Training, has more):
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+
+# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
+# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 from accelerate import Accelerator
@@ -23,15 +29,17 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import SchedulerType, get_scheduler
 
-from clustr_hf.training_utils import (
+from training_utils import (
     DataArguments,
-    EpochSampler,
     ImageCollator,
     ModelArguments,
     RecipeArguments,
     build_datasets,
+    check_arguments,
+    check_at_least_one,
     class_names,
     classification_loss,
     list_checkpoints,
@@ -42,8 +50,10 @@ from clustr_hf.training_utils import (
     model_fingerprint,
     optimizer_parameter_groups,
     parse_arguments,
+    refuse_incomplete,
     refuse_to_overwrite,
     resolve_checkpoint,
+    run_record,
     save_checkpoint,
     scaled_learning_rate,
     scheduler_kwargs,
@@ -113,6 +123,18 @@ def evaluate_model(accelerator, model, dataloader, metric) -> dict:
     return results
 
 
+def check_loop_arguments(loop_args: LoopArguments) -> None:
+    """Fail early, naming the flag, on loop settings that would otherwise fail deep inside or be ignored."""
+    check_at_least_one(
+        per_device_train_batch_size=loop_args.per_device_train_batch_size,
+        per_device_eval_batch_size=loop_args.per_device_eval_batch_size,
+        gradient_accumulation_steps=loop_args.gradient_accumulation_steps, max_train_steps=loop_args.max_train_steps,
+        logging_steps=loop_args.logging_steps,
+    )
+    if loop_args.num_train_epochs <= 0:
+        raise ValueError(f"--num_train_epochs {loop_args.num_train_epochs} must be positive.")
+
+
 def checkpoint_every(loop_args: LoopArguments) -> int | str | None:
     """`--checkpointing_steps` as a positive step count, 'epoch' or None."""
     value = loop_args.checkpointing_steps
@@ -128,14 +150,22 @@ def append_log(path: Path, entry: dict) -> None:
         file.write(json.dumps(entry) + "\n")
 
 
+def log_length(path: Path) -> int:
+    """The number of entries in the training log (0 before the first)."""
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def main(argv=None) -> dict:
     """Train, evaluate each epoch, save the final Hub-ready folder; returns the final results (all_results.json)."""
     model_args, data_args, recipe_args, loop_args = parse_arguments(
         [ModelArguments, DataArguments, RecipeArguments, LoopArguments], argv
     )
+    check_arguments(model_args, data_args, recipe_args)
+    check_loop_arguments(loop_args)
     every = checkpoint_every(loop_args)
     output_dir = Path(loop_args.output_dir)
     checkpoints_dir = output_dir / "checkpoints"
+    refuse_incomplete(checkpoints_dir)
     accelerator = Accelerator(
         # without a GPU or other accelerator, several processes (torchrun) form a gloo group only with cpu=True
         cpu=loop_args.use_cpu or not torch.accelerator.is_available(),
@@ -154,11 +184,12 @@ def main(argv=None) -> dict:
         dataset = load_image_dataset(data_args, seed=loop_args.seed)
     labels = class_names(dataset, data_args.label_column_name)
     model, image_processor = load_model_and_image_processor(model_args, labels, recipe_args.drop_path_rate)
-    train_dataset, eval_dataset = build_datasets(dataset, image_processor, data_args, recipe_args)
+    train_dataset, eval_dataset = build_datasets(dataset, image_processor, data_args, recipe_args, loop_args.seed)
 
-    sampler = EpochSampler(len(train_dataset), loop_args.seed, recipe_args.repeated_augmentations)
+    # Both read in order (the training set shuffles itself each epoch); their own generators keep the global one,
+    # which drives dropout, untouched by the seed each data loader iterator draws.
     train_dataloader = DataLoader(
-        train_dataset, batch_size=loop_args.per_device_train_batch_size, sampler=sampler,
+        train_dataset, batch_size=loop_args.per_device_train_batch_size,
         collate_fn=ImageCollator.for_training(len(labels), recipe_args),
         num_workers=loop_args.dataloader_num_workers, generator=torch.Generator().manual_seed(loop_args.seed),
     )
@@ -199,16 +230,18 @@ def main(argv=None) -> dict:
         "max_train_steps": max_train_steps,
         "seed": loop_args.seed,
     }
-    global_step, start_epoch, skip_batches = 0, 0, 0
+    global_step, start_epoch, skip_batches, log_entries = 0, 0, 0, 0
+    results = {}  # the latest evaluation
     if loop_args.resume_from_checkpoint is not None:
         folder = resolve_checkpoint(loop_args.resume_from_checkpoint, checkpoints_dir)
         state = load_checkpoint(accelerator, folder, signature)
         global_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
+        log_entries, results = state["log_entries"], state["results"]
         logger.info(f"Resumed from {folder}: step {global_step}, epoch {start_epoch}, batch {skip_batches}")
     refuse_to_overwrite(list_checkpoints(checkpoints_dir), global_step)
     log_path = output_dir / "train_log.jsonl"
-    if accelerator.is_main_process and log_path.exists():
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= global_step]
+    if accelerator.is_main_process and log_path.exists():  # what was logged after the checkpoint is logged again
+        kept = log_path.read_text().splitlines()[:log_entries]
         log_path.write_text("".join(line + "\n" for line in kept))
 
     if loop_args.with_tracking:
@@ -227,78 +260,81 @@ def main(argv=None) -> dict:
     )
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="training")
-    model.train()
-    running = torch.zeros(2, device=accelerator.device)  # summed micro-batch losses, micro-batches
-    results = {}
-    for epoch in range(start_epoch, num_epochs):
-        train_dataloader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        batches_in_epoch = skip_batches if epoch == start_epoch else 0
-        epoch_dataloader = (
-            accelerator.skip_first_batches(train_dataloader, batches_in_epoch) if batches_in_epoch
-            else train_dataloader
-        )
-        epoch_start, epoch_cpu_start, epoch_samples = time.perf_counter(), time.process_time(), 0
-        for batch in epoch_dataloader:
-            with accelerator.accumulate(model):
-                logits = model(pixel_values=batch["pixel_values"]).logits
-                loss = classification_loss(logits, batch["labels"], recipe_args.label_smoothing)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and loop_args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), loop_args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            batches_in_epoch += 1
-            epoch_samples += len(batch["labels"])
-            running += torch.stack([loss.detach().float(), torch.ones((), device=loss.device)])
-            if not accelerator.sync_gradients:
-                continue
-            learning_rate_of_step = lr_scheduler.get_last_lr()[0]
-            lr_scheduler.step()
-            global_step += 1
-            progress.update(1)
-            if global_step % loop_args.logging_steps == 0 or global_step == max_train_steps:
-                loss_sum, count = accelerator.reduce(running, reduction="sum").tolist()
-                entry = {"step": global_step, "epoch": epoch, "loss": loss_sum / count,
-                         "learning_rate": learning_rate_of_step}
-                running.zero_()
-                progress.set_postfix(loss=f"{entry['loss']:.4f}")
-                if accelerator.is_main_process:
-                    append_log(log_path, entry)
-                if loop_args.with_tracking:
-                    accelerator.log({"train/loss": entry["loss"], "train/learning_rate": entry["learning_rate"]},
-                                    step=global_step)
-            epoch_done = batches_in_epoch == len(train_dataloader)
-            if isinstance(every, int) and global_step % every == 0 and not epoch_done:
+    with logging_redirect_tqdm():  # log lines go above the progress bar, not onto its line
+        model.train()
+        running = torch.zeros(2, device=accelerator.device)  # summed micro-batch losses, micro-batches
+        for epoch in range(start_epoch, num_epochs):
+            train_dataloader.set_epoch(epoch)  # passed on to the training set at every iteration
+            batches_in_epoch = skip_batches if epoch == start_epoch else 0
+            if global_step >= max_train_steps:  # resumed from the last step's checkpoint: only the evaluation is left
+                epoch_dataloader = []
+            elif batches_in_epoch:
+                epoch_dataloader = accelerator.skip_first_batches(train_dataloader, batches_in_epoch)
+            else:
+                epoch_dataloader = train_dataloader
+            epoch_start, epoch_cpu_start, epoch_samples = time.perf_counter(), time.process_time(), 0
+            for batch in epoch_dataloader:
+                with accelerator.accumulate(model):
+                    logits = model(pixel_values=batch["pixel_values"]).logits
+                    loss = classification_loss(logits, batch["labels"], recipe_args.label_smoothing)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and loop_args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), loop_args.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                batches_in_epoch += 1
+                epoch_samples += len(batch["labels"])
+                running += torch.stack([loss.detach().float(), torch.ones((), device=loss.device)])
+                if not accelerator.sync_gradients:
+                    continue
+                learning_rate_of_step = lr_scheduler.get_last_lr()[0]
+                lr_scheduler.step()
+                global_step += 1
+                progress.update(1)
+                if global_step % loop_args.logging_steps == 0 or global_step == max_train_steps:
+                    loss_sum, count = accelerator.reduce(running, reduction="sum").tolist()
+                    entry = {"step": global_step, "epoch": epoch, "loss": loss_sum / count,
+                             "learning_rate": learning_rate_of_step}
+                    running.zero_()
+                    progress.set_postfix(loss=f"{entry['loss']:.4f}")
+                    if accelerator.is_main_process:
+                        append_log(log_path, entry)
+                    if loop_args.with_tracking:
+                        accelerator.log({"train/loss": entry["loss"], "train/learning_rate": entry["learning_rate"]},
+                                        step=global_step)
+                epoch_done = batches_in_epoch == len(train_dataloader)
+                if isinstance(every, int) and global_step % every == 0 and not epoch_done:
+                    save_checkpoint(accelerator, checkpoints_dir, global_step, {
+                        "step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "run": signature,
+                        "log_entries": log_length(log_path), "results": results,
+                    })
+                if global_step >= max_train_steps:
+                    break
+            samples, cpu_time = accelerator.reduce(
+                torch.tensor([epoch_samples, time.process_time() - epoch_cpu_start], dtype=torch.float64,
+                             device=accelerator.device),
+                reduction="sum",
+            ).tolist()
+            timing = {"train_runtime": time.perf_counter() - epoch_start, "train_cpu_time": cpu_time,
+                      "train_samples": int(samples)}
+
+            results = evaluate_model(accelerator, model, eval_dataloader, metric)
+            logger.info(f"epoch {epoch}: " + ", ".join(f"{name} {value:.4f}" for name, value in results.items()))
+            if accelerator.is_main_process:
+                append_log(log_path, {"step": global_step, "epoch": epoch, **results, **timing})
+            if loop_args.with_tracking:
+                accelerator.log({name.replace("eval_", "eval/"): value for name, value in results.items()},
+                                step=global_step)
+            # a checkpoint at the end of an epoch comes after its evaluation, so that a resumed run lacks none
+            if batches_in_epoch == len(train_dataloader) and (
+                every == "epoch" or isinstance(every, int) and global_step % every == 0
+            ):
                 save_checkpoint(accelerator, checkpoints_dir, global_step, {
-                    "step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "run": signature,
+                    "step": global_step, "epoch": epoch + 1, "batches_in_epoch": 0, "run": signature,
+                    "log_entries": log_length(log_path), "results": results,
                 })
             if global_step >= max_train_steps:
                 break
-        samples, cpu_time = accelerator.reduce(
-            torch.tensor([epoch_samples, time.process_time() - epoch_cpu_start], dtype=torch.float64,
-                         device=accelerator.device),
-            reduction="sum",
-        ).tolist()
-        timing = {"train_runtime": time.perf_counter() - epoch_start, "train_cpu_time": cpu_time,
-                  "train_samples": int(samples)}
-
-        results = evaluate_model(accelerator, model, eval_dataloader, metric)
-        logger.info(f"epoch {epoch}: " + ", ".join(f"{name} {value:.4f}" for name, value in results.items()))
-        if accelerator.is_main_process:
-            append_log(log_path, {"step": global_step, "epoch": epoch, **results, **timing})
-        if loop_args.with_tracking:
-            accelerator.log({name.replace("eval_", "eval/"): value for name, value in results.items()},
-                            step=global_step)
-        # a checkpoint at the end of an epoch comes after its evaluation, so that a resumed run lacks none
-        if batches_in_epoch == len(train_dataloader) and (
-            every == "epoch" or isinstance(every, int) and global_step % every == 0
-        ):
-            save_checkpoint(accelerator, checkpoints_dir, global_step, {
-                "step": global_step, "epoch": epoch + 1, "batches_in_epoch": 0, "run": signature,
-            })
-        if global_step >= max_train_steps:
-            break
     progress.close()
 
     accelerator.wait_for_everyone()
@@ -307,6 +343,14 @@ def main(argv=None) -> dict:
     )
     results.update(train_steps=global_step, total_train_batch_size=total_batch_size,
                    num_processes=accelerator.num_processes, learning_rate=learning_rate)
+    results.update(run_record(
+        model_args, data_args, recipe_args, image_processor, len(train_dataset), len(eval_dataset),
+        learning_rate=learning_rate, lr_scheduler_type=loop_args.lr_scheduler_type,
+        per_device_train_batch_size=loop_args.per_device_train_batch_size,
+        gradient_accumulation_steps=loop_args.gradient_accumulation_steps, total_train_batch_size=total_batch_size,
+        num_train_epochs=num_epochs, max_steps=max_train_steps, weight_decay=loop_args.weight_decay,
+        warmup_steps=num_warmup_steps, max_grad_norm=loop_args.max_grad_norm, seed=loop_args.seed,
+    ))
     if accelerator.is_main_process:
         image_processor.save_pretrained(output_dir)
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))

@@ -7,7 +7,7 @@ training photos (image and label map transformed together); validation uses othe
 wiring (ClusTR as an AutoBackbone inside UperNet, labels, loss, Trainer, save and reload), not a benchmark; no
 pretrained ClusTR weights exist, so the backbone starts from random initialisation.
 
-    python examples/semantic_segmentation.py --output_dir runs/upernet-clustr   # b0 backbone, 20 steps: ~2-3 min on 2 cores
+    python examples/semantic_segmentation.py --output_dir runs/upernet-clustr   # b0 backbone, 20 steps: 1 minute
 
 The output folder holds the model (`UperNetForSemanticSegmentation.from_pretrained(folder)` after `import clustr_hf`),
 the image processor that normalises inputs (`ClusTRImageProcessor` with `do_resize=False`), and metrics.json.
@@ -15,7 +15,13 @@ the image processor that normalises inputs (`ClusTRImageProcessor` with `do_resi
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+
+# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
+# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
@@ -116,7 +122,8 @@ def segmentation_metrics(prediction) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output_dir", required=True, help="where the fine-tuned model, processor and metrics go")
+    parser.add_argument("--output_dir", "--output-dir", required=True,
+                        help="where the fine-tuned model, processor and metrics go")
     parser.add_argument("--variant", default="b0", help="ClusTR variant of the backbone: b0 (default), b1, b2, b3")
     parser.add_argument("--backbone_overrides", type=json.loads, default={},
                         help='JSON of ClusTRConfig fields to override, e.g. \'{"depths": [1, 1, 1, 1]}\'')

@@ -1,16 +1,17 @@
-"""Draw what ClusTR clusters in an image: one block's clusters per scale, and a grid over all clustered blocks.
+r"""Draw what ClusTR clusters in an image: one block's clusters per scale, and a grid over all clustered blocks.
 
     python examples/visualize_clusters.py astronaut --model b0 --out clusters.png
     python examples/visualize_clusters.py photo.jpg --model outputs/demo --stage 2 --block 1 --scale coarse \
         --out clusters.png
 
 IMAGE is an image file or the name of a scikit-image sample photo (astronaut, coffee, chelsea, ...). --model is a
-folder written by save_pretrained or a variant name (b0..b3) for an untrained model. A folder with a
-preprocessor_config.json is preprocessed by its image processor (with --size: resized to that shorter side first,
-then rescaled and normalised by it); otherwise the image is resized (--size, default 224) and normalised with
-ImageNet statistics.
+folder written by save_pretrained or a variant name (b0..b3) for an untrained model. The image's shorter side is
+resized to --size (default 224, aspect ratio kept), then it is rescaled and normalised by the folder's image
+processor, or with ImageNet statistics without one. --size processor feeds the image processor's own transform (the
+model's training input: 64x64 for the demo model, where the clusters have few tokens to show).
+
 Writes OUT (the chosen block) and, by default, OUT with "_grid" added (all clustered blocks).
-Needs matplotlib: pip install clustr_hf[viz].
+Needs matplotlib: pip install matplotlib (in a clone of clustr_hf: pip install -e ".[viz]").
 """
 
 import argparse
@@ -107,23 +108,36 @@ def save(figure, path: Path, compact: bool) -> None:
     Image.open(buffer).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
+def input_size(value: str) -> int | None:
+    """--size: a positive number of pixels, or 'processor' (None: the image processor's own transform)."""
+    if value == "processor":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a positive number of pixels nor 'processor'")
+    return int(value)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", help="image file, or a scikit-image sample photo name (astronaut, coffee, ...)")
     parser.add_argument("--model", required=True, help="save_pretrained folder, or variant b0..b3 (untrained)")
     parser.add_argument("--stage", type=int, help="clustered stage, from 1 (default: the first clustered stage)")
     parser.add_argument("--block", type=int, default=0, help="block within the stage, from 0 (default 0)")
-    parser.add_argument("--scale", choices=("coarse", "fine", "both"), default="both")
+    parser.add_argument("--scale", choices=("coarse", "fine", "both"), default="both",
+                        help="the cluster scale to draw: coarse (fewer, larger clusters), fine, or both side by side "
+                             "(default)")
     parser.add_argument("--out", type=Path, required=True, help="PNG for the chosen block")
-    parser.add_argument("--grid-out", type=Path, help="PNG for all clustered blocks (default: OUT with _grid)")
-    parser.add_argument("--size", type=int, help="shorter image side fed to the model (default: the model's image "
-                        f"processor's own transform, else {DEFAULT_SIZE})")
+    parser.add_argument("--grid_out", "--grid-out", type=Path,
+                        help="PNG for all clustered blocks (default: OUT with _grid)")
+    parser.add_argument("--size", type=input_size, default=DEFAULT_SIZE,
+                        help=f"shorter image side fed to the model (default {DEFAULT_SIZE}), or 'processor' for the "
+                             f"image processor's own resize and crop")
     parser.add_argument("--zoom", type=int, default=2, help="drawn pixels per input pixel (default 2)")
     parser.add_argument("--opacity", type=float, default=0.6, help="opacity of the cluster colours (default 0.6)")
     parser.add_argument("--compact", action="store_true", help="write 256-colour PNGs (smaller files)")
     args = parser.parse_args(argv)
-    if (args.size is not None and args.size < 1) or args.zoom < 1:
-        parser.error("--size and --zoom must be positive.")
+    if args.zoom < 1:
+        parser.error("--zoom must be positive.")
 
     model, processor, note = load_model(args.model)
     pixel_values = preprocess(load_image(args.image), processor, args.size)

@@ -5,7 +5,10 @@ import gzip
 import hashlib
 import json
 import math
+import re
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 from training_helpers import (
     DIGIT_LABELS,
+    EXAMPLES,
     finish,
     run_no_trainer,
     save_tiny_classifier,
@@ -23,12 +27,12 @@ from training_helpers import (
 )
 
 from clustr_hf import ClusTRForImageClassification
-from clustr_hf.training_utils import (
+from training_utils import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_LABELS,
     CheckpointError,
     DataArguments,
-    EpochSampler,
+    EpochShuffledDataset,
     ImageCollator,
     ModelArguments,
     RecipeArguments,
@@ -112,30 +116,104 @@ def test_missing_fashion_mnist_says_how_to_install(tmp_path):
         load_fashion_mnist_dataset(tmp_path)
 
 
-def test_imagefolder_and_saved_datasets(tmp_path):
+def test_imagefolder_and_saved_datasets(tmp_path, capfd, caplog):
     digits = load_digits_dataset()
     for split, source in (("train", digits["train"]), ("validation", digits["validation"])):
-        for index in range(8):
+        for index in range(16):  # datasets shows its download bars from 16 files on
             example = source[index]
             folder = tmp_path / split / f"digit_{example['label']}"
             folder.mkdir(parents=True, exist_ok=True)
             example["image"].save(folder / f"{index}.png")
+    capfd.readouterr()
     dataset = load_image_dataset(DataArguments(train_dir=str(tmp_path / "train"),
                                                validation_dir=str(tmp_path / "validation")))
-    assert (len(dataset["train"]), len(dataset["validation"])) == (8, 8)
+    assert (len(dataset["train"]), len(dataset["validation"])) == (16, 16)
+    assert "Downloading data" not in capfd.readouterr().err  # local files: nothing to download, no download bars
     names = class_names(dataset, "label")
     assert all(name.startswith("digit_") for name in names)
-    assert set(names) == {f"digit_{label}" for label in digits["train"][:8]["label"]}
+    assert set(names) == {f"digit_{label}" for split in ("train", "validation")
+                          for label in digits[split][:16]["label"]}
     assert dataset["train"][0]["image"].size == (8, 8)
 
     saved = load_image_dataset(DataArguments(dataset_name=str(_saved(digits, tmp_path / "digits_saved")),
                                              max_train_samples=20))
     assert len(saved["train"]) == 20 and len(saved["validation"]) == 360
+    everything = load_image_dataset(DataArguments(max_train_samples=5000))
+    assert len(everything["train"]) == 1437 and "--max_train_samples 5000 is more than the 1437 images" in caplog.text
 
     with pytest.raises(ValueError, match="--label_column_name"):
         load_image_dataset(DataArguments(label_column_name="digit"))
     with pytest.raises(ValueError, match="--train_dir"):
         load_image_dataset(DataArguments(dataset_name=str(tmp_path / "train")))
+
+
+@pytest.mark.parametrize("script", ["run_image_classification", "run_image_classification_no_trainer"])
+def test_help_lists_every_flag(script, capsys):
+    import dataclasses
+    import importlib
+
+    from transformers import TrainingArguments
+
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_status:
+        module.main(["--help"])
+    assert exit_status.value.code == 0
+    listed = capsys.readouterr().out
+    script_flags = TrainingArguments if script == "run_image_classification" else module.LoopArguments
+    for arguments in (ModelArguments, DataArguments, RecipeArguments, script_flags):
+        missing = [field.name for field in dataclasses.fields(arguments)
+                   if field.init and f"--{field.name} " not in listed and f"--{field.name}\n" not in listed]
+        assert not missing, f"--help does not list {missing}"
+
+
+@pytest.mark.parametrize("spelling", ["--output_dir", "--output-dir"])
+def test_every_script_takes_both_output_dir_spellings(spelling):
+    import demo
+    import semantic_segmentation
+    from run_image_classification_no_trainer import LoopArguments
+    from transformers import TrainingArguments
+
+    assert demo.parse_args([spelling, "out"]).output_dir == "out"
+    assert semantic_segmentation.parse_args([spelling, "out"]).output_dir == "out"
+    for script_flags in (LoopArguments, TrainingArguments):
+        *_, parsed = parse_arguments([ModelArguments, DataArguments, RecipeArguments, script_flags], [spelling, "out"])
+        assert parsed.output_dir == "out"
+
+
+def test_every_training_script_lets_idle_openmp_threads_sleep():
+    """OMP_WAIT_POLICY=PASSIVE (benchmarks/README.md, OpenMP wait policy) is set before anything loads torch."""
+    import ast
+
+    for script in ("demo.py", "run_image_classification.py", "run_image_classification_no_trainer.py",
+                   "semantic_segmentation.py", "../benchmarks/accuracy.py"):
+        statements = ast.parse((EXAMPLES / script).read_text()).body
+        setting = next(index for index, statement in enumerate(statements)
+                       if ast.unparse(statement) == "os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')")
+        first_other_import = min(
+            index for index, statement in enumerate(statements) if isinstance(statement, (ast.Import, ast.ImportFrom))
+            and (statement.names[0].name if isinstance(statement, ast.Import) else statement.module).split(".")[0]
+            not in sys.stdlib_module_names
+        )
+        assert setting < first_other_import, script
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    ("run_image_classification_no_trainer", ["--gradient_accumulation_steps", "0"],
+     "--gradient_accumulation_steps 0 must be at least 1"),
+    ("run_image_classification", ["--gradient_accumulation_steps", "0"],
+     "--gradient_accumulation_steps 0 must be at least 1"),
+    ("run_image_classification_no_trainer", ["--image_size", "0"], "--image_size 0 must be at least 1"),
+    ("run_image_classification", ["--max_steps", "0"], "--max_steps 0 would train nothing"),
+    ("run_image_classification_no_trainer", ["--model_name_or_path", "b9"],
+     "'b9' is not a variant \\(b0, b1, b2, b3\\), folder or cached Hub id"),
+])
+def test_bad_flags_are_named(script, flags, message, tmp_path):
+    import importlib
+
+    main = importlib.import_module(script).main
+    with pytest.raises((ValueError, OSError), match=message):
+        main(["--output_dir", str(tmp_path / "out"), "--max_train_samples", "8", "--do_train", *flags]
+             if script == "run_image_classification" else ["--output_dir", str(tmp_path / "out"), *flags])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -204,14 +282,29 @@ def test_no_weight_decay_on_biases_and_norms():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_epoch_sampler_orders_and_repeats():
-    sampler = EpochSampler(10, seed=1)
-    first = list(sampler)
-    assert list(sampler) == first and sorted(index for index, _ in first) == list(range(10))
-    sampler.set_epoch(1)
-    assert [index for index, _ in sampler] != [index for index, _ in first]
+class EchoKeys:
+    """A stand-in training set of `size` images whose item is the key it is read with."""
 
-    repeated = list(EpochSampler(12, seed=1, repeats=3))
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key):
+        return key
+
+
+def test_training_set_orders_each_epoch_and_repeats():
+    epochs = EpochShuffledDataset(EchoKeys(10), seed=1)
+    first = epochs.epoch_keys()
+    assert [epochs[position] for position in range(10)] == first
+    assert EpochShuffledDataset(EchoKeys(10), seed=1).epoch_keys() == first
+    assert sorted(index for index, _ in first) == list(range(10))
+    epochs.set_epoch(1)
+    assert [index for index, _ in epochs.epoch_keys()] != [index for index, _ in first]
+
+    repeated = EpochShuffledDataset(EchoKeys(12), seed=1, repeats=3).epoch_keys()
     assert len(repeated) == 12
     for position in range(0, 12, 3):
         triple = repeated[position : position + 3]
@@ -280,6 +373,20 @@ def test_no_trainer_script_trains_and_saves_a_pipeline_ready_folder(tmp_path, ti
     assert results["train_steps"] == 6 and results["total_train_batch_size"] == 16
     assert results["learning_rate"] == pytest.approx(3e-3 * 16 / 512)  # the recipe's linear scaling rule
     assert 0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1 and math.isfinite(results["eval_loss"])
+    assert json.loads((output / "all_results.json").read_text()) == results
+    # what a model card needs: the data (built-in digits: neither a Hub dataset nor local folders), the base model,
+    # the sample counts and the settings that matter
+    assert (results["train_samples"], results["eval_samples"]) == (40, 16)
+    assert (results["dataset"], results["data_dirs"], results["base_model"]) == (None, None, str(tiny_model_dir))
+    assert results["hyperparameters"] == {
+        "learning_rate": pytest.approx(3e-3 * 16 / 512), "lr_scheduler_type": "cosine",
+        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "total_train_batch_size": 16,
+        "num_train_epochs": 2, "max_steps": 6, "weight_decay": 0.05, "warmup_steps": 15, "max_grad_norm": 0.0,
+        "seed": 3, "label_smoothing": 0.1, "drop_path_rate": None, "crop_scale_min": 0.08, "horizontal_flip_prob": 0.5,
+        "rand_augment_magnitude": 9, "rand_augment_num_ops": 2, "color_jitter": 0.0, "random_erasing_prob": 0.25,
+        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mixup_switch_prob": 0.5, "repeated_augmentations": 3,
+        "image_size": 32,
+    }
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
     losses = [entry["loss"] for entry in log if "loss" in entry]
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
@@ -298,7 +405,11 @@ def test_no_trainer_script_trains_and_saves_a_pipeline_ready_folder(tmp_path, ti
     assert sum(p["score"] for p in predictions) <= 1 + 1e-6
 
 
-def test_trainer_script_trains_with_the_recipe_pieces(tmp_path, tiny_model_dir):
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_trainer_script_trains_with_the_recipe_pieces_and_resumes_exactly(tmp_path, tiny_model_dir, recwarn):
     from run_image_classification import main
 
     output = tmp_path / "trainer"
@@ -309,11 +420,12 @@ def test_trainer_script_trains_with_the_recipe_pieces(tmp_path, tiny_model_dir):
         "--lr_scheduler_type", "cosine_warmup_with_min_lr", "--min_learning_rate", "1e-5",
         "--warmup_start_learning_rate", "1e-6", "--warmup_epochs", "0.5", "--mixup_alpha", "0.8", "--cutmix_alpha",
         "1.0", "--label_smoothing", "0.1", "--rand_augment_magnitude", "9", "--repeated_augmentations", "2",
-        "--checkpointing_steps", "2", "--logging_steps", "1", "--report_to", "none", "--dataloader_pin_memory",
-        "false", "--use_cpu",
+        "--drop_path_rate", "0.2", "--save_strategy", "steps", "--save_steps", "2", "--logging_steps", "1",
+        "--report_to", "none", "--use_cpu",
     ]
     metrics = main(flags)
     assert 0 <= metrics["eval_accuracy"] <= metrics["eval_top5_accuracy"] <= 1
+    assert not [warning for warning in recwarn if "pin_memory" in str(warning.message)]  # no pinning on a CPU
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == 4
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
@@ -323,15 +435,53 @@ def test_trainer_script_trains_with_the_recipe_pieces(tmp_path, tiny_model_dir):
     rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
     assert rates[:2] == [pytest.approx(1e-6), pytest.approx(4e-3)]
     assert (output / "model.safetensors").is_file() and (output / "preprocessor_config.json").is_file()
+    results = json.loads((output / "all_results.json").read_text())
+    assert results == metrics and (results["train_samples"], results["eval_samples"]) == (32, 16)
+    assert results["base_model"] == str(tiny_model_dir) and results["hyperparameters"]["max_steps"] == 4
+    assert results["hyperparameters"]["learning_rate"] == pytest.approx(4e-3)
+    card = (output / "README.md").read_text()
+    assert f"fine-tuned version of the local model `{tiny_model_dir}`" in card and "huggingface.co/" not in card
+    uninterrupted = _digest(output / "model.safetensors")
 
     with pytest.raises(CheckpointError, match="checkpoint-2, .*checkpoint-4.* would overwrite"):
         main(flags)
+    # stopped while writing its final model or results: the last checkpoint is all that is left to resume from
+    stopped = tmp_path / "stopped"
+    shutil.copytree(output / "checkpoint-4", stopped / "checkpoint-4")
+    stopped_flags = [*flags, "--output_dir", str(stopped), "--resume_from_checkpoint", "latest"]
+    main(stopped_flags)
+    assert json.loads((stopped / "trainer_state.json").read_text())["global_step"] == 4
+    assert _digest(stopped / "model.safetensors") == uninterrupted
+    (stopped / "checkpoint-4" / "rng_state.pth").unlink()
+    with pytest.raises(CheckpointError, match="checkpoint-4 lacks rng_state.pth"):
+        main(stopped_flags)
+
     # a checkpoint without trainer_state.json (Trainer writes it last) is a partial write: 'latest' skips it
     (output / "checkpoint-4" / "trainer_state.json").unlink()
     main([*flags, "--resume_from_checkpoint", "latest"])
     resumed = json.loads((output / "trainer_state.json").read_text())
     assert resumed["global_step"] == 4
     assert [entry["step"] for entry in resumed["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+    assert _digest(output / "model.safetensors") == uninterrupted  # byte for byte
+    (output / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2,')
+    with pytest.raises(CheckpointError, match="(?s)checkpoint-2/trainer_state.json is corrupt.*checkpoint-4"):
+        main([*flags, "--resume_from_checkpoint", str(output / "checkpoint-2")])
+
+
+def _log_without_timing(folder: Path) -> list[dict]:
+    """The training log but for the timing of each epoch, which covers the images trained since the process started
+    it (a resumed one differs)."""
+    timing = {"train_runtime", "train_cpu_time", "train_samples"}
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in entry.items() if key not in timing} for entry in log]
+
+
+def _same_run(first: Path, second: Path) -> bool:
+    """Whether two runs end with the same weights (byte for byte), results and log (nothing lost, nothing twice)."""
+    return ((first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+            and json.loads((first / "all_results.json").read_text()) == json.loads(
+                (second / "all_results.json").read_text())
+            and _log_without_timing(first) == _log_without_timing(second))
 
 
 def _checkpoint_run_flags(model_dir, output, *extra):
@@ -352,28 +502,45 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         process.send_signal(signal.SIGKILL)
     finally:
         process.communicate()
-        finish(reference)
+        _, log = finish(reference)
     assert not (interrupted / "model.safetensors").exists(), "the run finished before it was killed"
     steps = [step for step, _ in list_checkpoints(interrupted / "checkpoints")]
     assert steps and max(steps) < 24
 
     run_no_trainer(_checkpoint_run_flags(model_dir, interrupted, "--resume_from_checkpoint", "latest"))
-    expected, resumed = _state_dict(uninterrupted), _state_dict(interrupted)
-    assert expected.keys() == resumed.keys()
-    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
-    logs = [[json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
-            for folder in (uninterrupted, interrupted)]
-    # the timing of an epoch covers the images trained since the process started it: the resumed one differs
-    timing = {"train_runtime", "train_cpu_time", "train_samples"}
-    logs = [[{key: value for key, value in entry.items() if key not in timing} for entry in log] for log in logs]
-    assert logs[0] == logs[1]  # nothing lost, nothing logged twice
-    assert json.loads((uninterrupted / "all_results.json").read_text()) == json.loads(
-        (interrupted / "all_results.json").read_text())
+    assert _same_run(uninterrupted, interrupted)
+    # the evaluation lines start lines of their own, above the progress bar (whose redraws start with a carriage
+    # return), rather than being glued to the bar's line
+    evaluations = [line for line in re.split(r"[\r\n]", log) if "epoch 0: eval_accuracy" in line]
+    assert evaluations and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO ", line) for line in evaluations)
 
 
 def _digests(folder: Path) -> dict:
     return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _resume_after_the_last_checkpoint(finished: Path, stopped: Path, flags: list[str]) -> dict:
+    """Resume a copy of a finished run's checkpoints and log, as a run stopped after its last checkpoint (during the
+    final evaluation or save) leaves them; returns the resumed run's results."""
+    from run_image_classification_no_trainer import main
+
+    shutil.copytree(finished / "checkpoints", stopped / "checkpoints")
+    shutil.copy(finished / "train_log.jsonl", stopped)
+    return main([*flags, "--output_dir", str(stopped), "--resume_from_checkpoint", "latest"])
+
+
+def test_a_run_stopped_after_its_last_checkpoint_resumes_without_training_further(tmp_path, tiny_model_dir):
+    from run_image_classification_no_trainer import main
+
+    # 5 steps of 8 of the 40 images: the last checkpoint closes the only epoch, after its evaluation
+    finished = tmp_path / "finished"
+    flags = tiny_run_flags(tiny_model_dir, finished, "--max_train_steps", "5", "--checkpointing_steps", "5",
+                           "--per_device_train_batch_size", "8")
+    main(flags)
+    resumed = _resume_after_the_last_checkpoint(finished, tmp_path / "stopped", flags)
+    assert resumed["train_steps"] == 5 and "eval_accuracy" in resumed
+    assert _same_run(finished, tmp_path / "stopped")
 
 
 def test_bad_checkpoints_fail_clearly_and_nothing_is_overwritten(tmp_path, tiny_model_dir):
@@ -385,17 +552,33 @@ def test_bad_checkpoints_fail_clearly_and_nothing_is_overwritten(tmp_path, tiny_
     main(flags)
     checkpoints = output / "checkpoints"
     assert [step for step, _ in list_checkpoints(checkpoints)] == [2, 4]
+    # the last checkpoint is mid-epoch (step 4 of 5): resumed, only the final evaluation and save are left
+    resumed = _resume_after_the_last_checkpoint(output, tmp_path / "stopped", flags)
+    assert resumed["train_steps"] == 4 and _same_run(output, tmp_path / "stopped")
 
     with pytest.raises(CheckpointError, match="would overwrite"):
         main(flags)
     with pytest.raises(CheckpointError, match="per_device_train_batch_size is 8 in the checkpoint but 4 now"):
         main([*flags[:-2], "--per_device_train_batch_size", "4", "--resume_from_checkpoint", "latest"])
+    with pytest.raises(ValueError, match="--max_train_steps 0 must be at least 1"):  # not: the whole schedule
+        main([*flags, "--max_train_steps", "0"])
 
     (checkpoints / "step_4" / "model.safetensors").write_bytes(b"not a safetensors file")
+    random_states = checkpoints / "step_2" / "random_states_0.pkl"
+    random_states.write_bytes(random_states.read_bytes()[:-10])
     before = _digests(output)
-    with pytest.raises(CheckpointError, match="(?s)step_4 is corrupt.*step_2"):
+    with pytest.raises(CheckpointError, match="(?s)step_4 is corrupt.*model.safetensors is not what was written"):
         main([*flags, "--resume_from_checkpoint", "latest"])
+    with pytest.raises(CheckpointError, match="(?s)step_2 is corrupt.*random_states_0.pkl is not what was written"):
+        main([*flags, "--resume_from_checkpoint", str(checkpoints / "step_2")])
     (checkpoints / "step_6.partial").mkdir()
     with pytest.raises(CheckpointError, match="step_6.partial is not a complete checkpoint.*step_2.*step_4"):
         main([*flags, "--resume_from_checkpoint", str(checkpoints / "step_6.partial")])
     assert _digests(output) == before  # the failed resumes wrote nothing
+
+    random_states.unlink()
+    with pytest.raises(CheckpointError, match="random_states_0.pkl is missing"):
+        main([*flags, "--resume_from_checkpoint", str(checkpoints / "step_2")])
+    (checkpoints / "step_4" / "training_state.json").unlink()
+    with pytest.raises(CheckpointError, match="step_4 lack.* training_state.json.* Delete it"):
+        main([*flags, "--resume_from_checkpoint", "latest"])

@@ -164,7 +164,7 @@ def test_legend_names_stage_block_scale_count_and_note(maps):
 
 
 def test_imports_without_matplotlib_and_says_how_to_install_it(monkeypatch):
-    for name in [name for name in sys.modules if name == "matplotlib" or name.startswith("matplotlib.")]:
+    for name in {"matplotlib", *(name for name in sys.modules if name.startswith("matplotlib."))}:
         monkeypatch.setitem(sys.modules, name, None)  # as if matplotlib were not installed
     monkeypatch.delitem(sys.modules, "clustr_hf.visualization")
     monkeypatch.setattr(clustr_hf, "visualization", None)
@@ -172,7 +172,7 @@ def test_imports_without_matplotlib_and_says_how_to_install_it(monkeypatch):
     labels = np.array([[0, 1], [1, 1]])
     assert fresh.cluster_overlay(np.zeros((4, 4, 3), dtype=np.uint8), labels, fresh.cluster_colours(labels)).shape == (
         4, 4, 3)
-    with pytest.raises(ImportError, match=r"pip install clustr_hf\[viz\]"):
+    with pytest.raises(ImportError, match=r"pip install matplotlib \(in a clone of clustr_hf: pip install -e "):
         fresh.plot_cluster_map(np.zeros((8, 8, 3), dtype=np.uint8), None)
 
 
@@ -215,7 +215,7 @@ def test_script_draws_the_models_clusters_from_a_saved_folder(script, classifier
         assert (to_nearest_centre.min(axis=1) < 8).all()  # nothing but the markers (at most 12 pixels wide) differs
 
 
-def test_script_uses_the_folders_image_processor(script, classifier, tmp_path):
+def test_script_uses_the_folders_image_processor(script, classifier, tmp_path, monkeypatch):
     folder = tmp_path / "model"
     classifier.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({
@@ -223,8 +223,15 @@ def test_script_uses_the_folders_image_processor(script, classifier, tmp_path):
         "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
     }))
     out = tmp_path / "coarse.png"
-    script.main(["astronaut", "--model", str(folder), "--scale", "coarse", "--zoom", "3", "--out", str(out)])
+    script.main(["astronaut", "--model", str(folder), "--size", "processor", "--scale", "coarse", "--zoom", "3",
+                 "--out", str(out)])
     assert _png(out).shape == (40 * 3 + LEGEND_HEIGHT, MIN_PANEL_WIDTH, 3)
+    # by default 224 pixels a side, not the processor's 40 x 56, where the clusters would have few tokens to show
+    fed = []
+    monkeypatch.setattr(script, "cluster_maps", lambda model, pixel_values: fed.append(pixel_values.shape) or [])
+    with pytest.raises(SystemExit, match="clusters in no stage"):  # stops before drawing
+        script.main(["astronaut", "--model", str(folder), "--out", str(out)])
+    assert fed == [(1, 3, 224, 224)]
     model, processor, _ = script.load_model(str(folder))
     pixel_values = script.preprocess(script.load_image("astronaut"), processor, None)  # the processor's 40 x 56
     image = script.display_image(pixel_values, processor, zoom=1)
@@ -250,6 +257,15 @@ def test_script_variant_is_labelled_untrained(script):
 def test_script_errors_name_the_problem(script, tmp_path, argv, message):
     with pytest.raises(SystemExit, match=message):
         script.main(argv + ["--out", str(tmp_path / "out.png")])
+
+
+def test_script_help_keeps_its_example_lines_and_documents_every_flag(script, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    listed = capsys.readouterr().out
+    assert "--scale coarse \\\n        --out clusters.png" in listed  # the example's continuation line is kept
+    assert "--scale {coarse,fine,both}\n                        the cluster scale to draw" in listed
+    assert "pip install -e \".[viz]\"" in listed and "clustr_hf[viz]" not in listed
 
 
 def test_script_rejects_a_folder_without_config(script, tmp_path):

@@ -19,7 +19,7 @@ DIGIT_LABELS = [str(digit) for digit in range(10)]
 def save_tiny_classifier(folder: Path, image_size: int = 32, **overrides) -> Path:
     """A randomly initialised tiny ClusTR digit classifier with its image processor, saved as a model folder."""
     from clustr_hf import ClusTRForImageClassification
-    from clustr_hf.training_utils import default_image_processor
+    from training_utils import default_image_processor
 
     config = tiny_config(
         num_labels=10, id2label=dict(enumerate(DIGIT_LABELS)), label2id={d: i for i, d in enumerate(DIGIT_LABELS)},
@@ -57,10 +57,12 @@ def start_no_trainer(flags: list[str], launcher: tuple[str, ...] = ()) -> subpro
     return subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> None:
-    """Wait for a script started by `start_no_trainer`; fail with its output if it failed."""
+def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
+    """Wait for a script started by `start_no_trainer`; fail with its output if it failed, else return its standard
+    output and error."""
     stdout, stderr = process.communicate(timeout=timeout)
     assert process.returncode == 0, f"{' '.join(process.args)} failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
+    return stdout, stderr
 
 
 def run_no_trainer(flags: list[str], launcher: tuple[str, ...] = ()) -> None:

@@ -1,5 +1,5 @@
-"""Top-1 and top-k accuracy as an `evaluate` metric module, shipped with clustr_hf so that it loads offline:
-`evaluate.load(clustr_hf.training_utils.TOP_K_ACCURACY_METRIC)`."""
+"""Top-1 and top-k accuracy as an `evaluate` metric module, kept beside the training scripts so that it loads offline:
+`evaluate.load(training_utils.TOP_K_ACCURACY_METRIC)`."""
 
 import datasets
 import evaluate

@@ -19,15 +19,13 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 from transformers.trainer_pt_utils import get_parameter_names
 from transformers.utils import logging
 
-from .configuration_clustr import VARIANTS, ClusTRConfig
-from .image_processing_clustr import ClusTRImageProcessor
-from .modeling_clustr import ClusTRForImageClassification
+from clustr_hf import VARIANTS, ClusTRConfig, ClusTRForImageClassification, ClusTRImageProcessor
 
 
 logger = logging.get_logger(__name__)
@@ -193,13 +191,29 @@ def parse_arguments(dataclass_types, argv=None):
     so that flags given explicitly still win. Returns one instance per dataclass type."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser(dataclass_types)
-    pre_parser = HfArgumentParser([RecipeArguments, ModelArguments])
+    pre_parser = HfArgumentParser([RecipeArguments, ModelArguments], add_help=False)  # --help is the full parser's
     early, _ = pre_parser.parse_known_args(argv)
     if early.recipe is not None:
         destinations = {action.dest for action in parser._actions}
         defaults = recipe_defaults(early.recipe, early.model_name_or_path)
         parser.set_defaults(**{key: value for key, value in defaults.items() if key in destinations})
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def check_at_least_one(**flags) -> None:
+    """Raise naming the flag when a count given on the command line (`None`: not given) is below 1."""
+    for name, value in flags.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} {value} must be at least 1.")
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments) -> None:
+    """Fail early, naming the flag, on the shared flags' values that would otherwise fail deep inside a run."""
+    check_at_least_one(image_size=model_args.image_size, max_train_samples=data_args.max_train_samples,
+                       max_eval_samples=data_args.max_eval_samples,
+                       repeated_augmentations=recipe_args.repeated_augmentations)
+    if not 0 < recipe_args.crop_scale_min <= 1:
+        raise ValueError(f"--crop_scale_min {recipe_args.crop_scale_min} must be in (0, 1] (1 keeps whole images).")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -277,6 +291,11 @@ def load_fashion_mnist_dataset(directory: str | os.PathLike | None = None) -> da
     })
 
 
+BUILT_IN_DATASETS = {None: load_digits_dataset, "digits": load_digits_dataset,
+                     "fashion_mnist": load_fashion_mnist_dataset}
+"""The offline data sets by --dataset_name (none given: digits)."""
+
+
 def load_image_dataset(args: DataArguments, seed: int = 0) -> datasets.DatasetDict:
     """The training and validation splits (keys 'train' and 'validation') described by `args`, offline where the
     data is local. A dataset without a validation or test split gets `train_val_split` of its training split held out
@@ -285,11 +304,9 @@ def load_image_dataset(args: DataArguments, seed: int = 0) -> datasets.DatasetDi
         data_files = {"train": os.path.join(args.train_dir, "**")}
         if args.validation_dir is not None:
             data_files["validation"] = os.path.join(args.validation_dir, "**")
-        dataset = datasets.load_dataset("imagefolder", data_files=data_files)
-    elif args.dataset_name in (None, "digits"):
-        dataset = load_digits_dataset()
-    elif args.dataset_name == "fashion_mnist":
-        dataset = load_fashion_mnist_dataset()
+        dataset = load_imagefolder(data_files)
+    elif args.dataset_name in BUILT_IN_DATASETS:
+        dataset = BUILT_IN_DATASETS[args.dataset_name]()
     elif os.path.isdir(args.dataset_name):
         try:
             dataset = datasets.load_from_disk(args.dataset_name)
@@ -319,11 +336,28 @@ def load_image_dataset(args: DataArguments, seed: int = 0) -> datasets.DatasetDi
                     f"The {name} split has no column {column!r} (columns: {', '.join(split.column_names)}); "
                     f"name the {flag} column with --{flag}_column_name."
                 )
-    if args.max_train_samples is not None:
-        dataset["train"] = dataset["train"].shuffle(seed=seed).select(range(args.max_train_samples))
-    if args.max_eval_samples is not None:
-        dataset["validation"] = dataset["validation"].shuffle(seed=seed).select(range(args.max_eval_samples))
+    for name, limit, flag in (("train", args.max_train_samples, "max_train_samples"),
+                              ("validation", args.max_eval_samples, "max_eval_samples")):
+        if limit is None:
+            continue
+        if limit > len(dataset[name]):
+            logger.warning(f"--{flag} {limit} is more than the {len(dataset[name])} images of the {name} split; "
+                           f"using all of them.")
+        dataset[name] = dataset[name].shuffle(seed=seed).select(range(min(limit, len(dataset[name]))))
     return dataset
+
+
+def load_imagefolder(data_files: dict) -> datasets.DatasetDict:
+    """datasets' imagefolder loader on local files, without its progress bars: for local files they are a
+    'Downloading data' bar per batch of files, although nothing is downloaded."""
+    logger.info(f"Reading the images of {', '.join(data_files.values())}")
+    bars_were_enabled = not datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        return datasets.load_dataset("imagefolder", data_files=data_files)
+    finally:
+        if bars_were_enabled:
+            datasets.utils.enable_progress_bars()
 
 
 def class_names(dataset: datasets.DatasetDict, label_column: str) -> list[str]:
@@ -392,10 +426,19 @@ def load_model_and_image_processor(args: ModelArguments, labels: list[str], drop
             cache_dir=args.cache_dir, revision=args.model_revision, token=args.token,
             trust_remote_code=args.trust_remote_code,
         )
-        config = AutoConfig.from_pretrained(
-            args.model_name_or_path, id2label=id2label, label2id=label2id, finetuning_task="image-classification",
-            **overrides, **hub_kwargs,
-        )
+        try:
+            config = AutoConfig.from_pretrained(
+                args.model_name_or_path, id2label=id2label, label2id=label2id, finetuning_task="image-classification",
+                **overrides, **hub_kwargs,
+            )
+        except OSError as error:
+            if os.path.isdir(args.model_name_or_path):
+                raise
+            raise OSError(
+                f"--model_name_or_path {args.model_name_or_path!r} is not a variant ({', '.join(VARIANTS)}), folder "
+                f"or cached Hub id ({error}). Give a variant to train from scratch, a folder written by "
+                f"save_pretrained, or a Hub id (downloaded once while online)."
+            ) from error
         model = AutoModelForImageClassification.from_pretrained(
             args.model_name_or_path, config=config, ignore_mismatched_sizes=args.ignore_mismatched_sizes, **hub_kwargs
         )
@@ -458,40 +501,50 @@ def _run_seeded(seed: int, function, *args):
         return function(*args)
 
 
-class EpochSampler(Sampler):
-    """Shuffles the dataset anew each epoch from (seed, epoch) alone, and gives every sample position its own seed.
+class EpochShuffledDataset(Dataset):
+    """A training set read in order (a sequential sampler) that shuffles itself anew each epoch from (seed, epoch)
+    alone and gives every position its own augmentation seed.
 
-    Yields `(index, sample_seed)` keys for `TransformedImageDataset`, so an image's augmentation depends only on the
-    run's seed, the epoch and its position: resuming mid-epoch, or splitting batches over several processes, sees the
-    same augmented images. With `repeats > 1` (repeated augmentation) each epoch draws len/repeats images and yields
-    each `repeats` times in a row with different seeds, keeping the epoch length.
+    Position p of an epoch is the `(index, sample_seed)` key of `TransformedImageDataset`, so an image's augmentation
+    depends only on the run's seed, the epoch and its position: resuming mid-epoch, or splitting batches over several
+    processes, sees the same augmented images. Trainer and accelerate's data loaders call `set_epoch` at the start of
+    every epoch. With `repeats > 1` (repeated augmentation) each epoch draws len/repeats images and yields each
+    `repeats` times in a row with different seeds, keeping the epoch length.
     """
 
-    def __init__(self, num_samples: int, seed: int, repeats: int = 1):
+    def __init__(self, dataset: "TransformedImageDataset", seed: int, repeats: int = 1):
         if repeats < 1:
             raise ValueError(f"repeated_augmentations={repeats} must be >= 1.")
-        self.num_samples, self.seed, self.repeats = num_samples, seed, repeats
-        self.epoch = 0
+        self.dataset, self.seed, self.repeats = dataset, seed, repeats
+        self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self._keys = None
+
+    def epoch_keys(self) -> list[tuple[int, int]]:
+        """The `(index, sample_seed)` keys of this epoch, in order."""
+        if self._keys is None:
+            num_samples = len(self.dataset)
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(num_samples, generator=generator)
+            if self.repeats > 1:
+                order = order[: math.ceil(num_samples / self.repeats)].repeat_interleave(self.repeats)[:num_samples]
+            seeds = torch.randint(2**62, (num_samples,), generator=generator)
+            self._keys = list(zip(order.tolist(), seeds.tolist()))
+        return self._keys
 
     def __len__(self) -> int:
-        return self.num_samples
+        return len(self.dataset)
 
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator)
-        if self.repeats > 1:
-            order = order[: math.ceil(self.num_samples / self.repeats)].repeat_interleave(self.repeats)
-            order = order[: self.num_samples]
-        seeds = torch.randint(2**62, (self.num_samples,), generator=generator)
-        return iter(zip(order.tolist(), seeds.tolist()))
+    def __getitem__(self, position: int) -> dict:
+        return self.dataset[self.epoch_keys()[position]]
 
 
 class TransformedImageDataset(Dataset):
     """A datasets split seen as `{"pixel_values", "labels"}` examples: the image (converted to RGB) goes through
-    `transform`. Keys are indices, or `(index, seed)` from `EpochSampler` to run the transform under that seed."""
+    `transform`. Keys are indices, or `(index, seed)` (see `EpochShuffledDataset`) to run the transform under that
+    seed."""
 
     def __init__(self, dataset: datasets.Dataset, transform, image_column: str = "image", label_column: str = "label"):
         self.dataset, self.transform = dataset, transform
@@ -539,13 +592,55 @@ class ImageCollator:
 
 
 def build_datasets(dataset: datasets.DatasetDict, image_processor, data_args: DataArguments,
-                   recipe_args: RecipeArguments):
-    """The training and evaluation datasets: augmented training images, image-processor evaluation images."""
-    train = TransformedImageDataset(dataset["train"], build_train_transform(recipe_args, image_processor),
-                                    data_args.image_column_name, data_args.label_column_name)
+                   recipe_args: RecipeArguments, seed: int):
+    """The training and evaluation datasets: augmented training images shuffled per epoch with `seed`,
+    image-processor evaluation images."""
+    train = EpochShuffledDataset(
+        TransformedImageDataset(dataset["train"], build_train_transform(recipe_args, image_processor),
+                                data_args.image_column_name, data_args.label_column_name),
+        seed, recipe_args.repeated_augmentations,
+    )
     evaluation = TransformedImageDataset(dataset["validation"], build_eval_transform(image_processor),
                                          data_args.image_column_name, data_args.label_column_name)
     return train, evaluation
+
+
+AUGMENTATION_SETTINGS = (
+    "crop_scale_min", "horizontal_flip_prob", "rand_augment_magnitude", "rand_augment_num_ops", "color_jitter",
+    "random_erasing_prob", "mixup_alpha", "cutmix_alpha", "mixup_switch_prob", "repeated_augmentations",
+)
+
+
+def run_record(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments, image_processor,
+               num_train_samples: int, num_eval_samples: int, **training) -> dict:
+    """What both scripts write into all_results.json beside the metrics, for model cards: the sample counts, where the
+    data came from (`dataset`: a Hub dataset id, null for local data; `data_dirs`: the local folders, null for
+    built-in or Hub data), the model trained from (a variant, folder or Hub id) and the settings that matter
+    (`training`: the script's optimisation and length settings, plus the recipe's loss and augmentation settings and
+    the image size)."""
+    name = data_args.dataset_name
+    folder = name if name is not None and os.path.isdir(name) else None
+    if data_args.train_dir is not None:
+        data_dirs = {"train": data_args.train_dir, "validation": data_args.validation_dir or data_args.train_dir}
+    else:
+        data_dirs = None if folder is None else {"train": folder, "validation": folder}
+    hub_dataset = None if data_args.train_dir is not None or folder or name in BUILT_IN_DATASETS else name
+    height, width = image_size_of(image_processor)
+    hyperparameters = {
+        **training,
+        "label_smoothing": recipe_args.label_smoothing,
+        "drop_path_rate": recipe_args.drop_path_rate,
+        **{setting: getattr(recipe_args, setting) for setting in AUGMENTATION_SETTINGS},
+        "image_size": height if height == width else [height, width],
+    }
+    return {
+        "train_samples": num_train_samples,
+        "eval_samples": num_eval_samples,
+        "dataset": hub_dataset,
+        "data_dirs": data_dirs,
+        "base_model": model_args.config_name or model_args.model_name_or_path,
+        "hyperparameters": hyperparameters,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -618,8 +713,6 @@ def top_k_predictions(logits: torch.Tensor, k: int = 5) -> torch.Tensor:
 
 
 CHECKPOINT_STATE_FILE = "training_state.json"
-TRAINER_CHECKPOINTS = ("checkpoint-", "trainer_state.json")
-"""Name prefix and completion marker of Trainer's checkpoints (Trainer writes trainer_state.json last)."""
 
 
 class CheckpointError(RuntimeError):
@@ -632,20 +725,39 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return hashlib.sha256(description.encode()).hexdigest()[:16]
 
 
-def list_checkpoints(checkpoints_dir: str | os.PathLike, prefix: str = "step_",
-                     marker: str = CHECKPOINT_STATE_FILE) -> list[tuple[int, Path]]:
-    """The complete checkpoints `(step, folder)` in `checkpoints_dir`, oldest first: folders named `prefix` + step
-    that hold `marker`, the file written last (partial writes are ignored)."""
+def _checkpoint_folders(checkpoints_dir: str | os.PathLike, prefix: str) -> list[tuple[int, Path]]:
     directory = Path(checkpoints_dir)
     if not directory.is_dir():
         return []
     name = re.compile(rf"^{re.escape(prefix)}(\d+)$")
-    found = []
-    for child in directory.iterdir():
-        match = name.match(child.name)
-        if match and (child / marker).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
+    return sorted((int(match.group(1)), child) for child in directory.iterdir() if (match := name.match(child.name)))
+
+
+def list_checkpoints(checkpoints_dir: str | os.PathLike, prefix: str = "step_",
+                     marker: str = CHECKPOINT_STATE_FILE) -> list[tuple[int, Path]]:
+    """The complete checkpoints `(step, folder)` in `checkpoints_dir`, oldest first: folders named `prefix` + step
+    that hold `marker`, the file written last."""
+    return [(step, path) for step, path in _checkpoint_folders(checkpoints_dir, prefix) if (path / marker).is_file()]
+
+
+def incomplete_checkpoints(checkpoints_dir: str | os.PathLike, prefix: str = "step_",
+                           marker: str = CHECKPOINT_STATE_FILE) -> list[Path]:
+    """The folders named like checkpoints in `checkpoints_dir` that lack `marker`, oldest first."""
+    return [path for _, path in _checkpoint_folders(checkpoints_dir, prefix) if not (path / marker).is_file()]
+
+
+def refuse_incomplete(checkpoints_dir: str | os.PathLike) -> None:
+    """Raise if `checkpoints_dir` holds a `step_N` folder without its state file. `save_checkpoint` renames a
+    checkpoint into place only once it is complete, so such a folder was damaged or edited afterwards; resuming
+    before it would later fail to write over it."""
+    incomplete = incomplete_checkpoints(checkpoints_dir)
+    if incomplete:
+        complete = ", ".join(str(path) for _, path in list_checkpoints(checkpoints_dir)) or "none"
+        raise CheckpointError(
+            f"{', '.join(map(str, incomplete))} lack(s) {CHECKPOINT_STATE_FILE}: not a complete checkpoint (this "
+            f"script renames checkpoints into place only when complete, so the folder was damaged or edited). Delete "
+            f"it, then resume from a complete checkpoint ({complete}) or start again."
+        )
 
 
 def refuse_to_overwrite(checkpoints: list[tuple[int, Path]], start_step: int) -> None:
@@ -668,10 +780,21 @@ def _fsync_tree(directory: Path) -> None:
             os.close(descriptor)
 
 
+def _file_digests(folder: Path) -> dict[str, str]:
+    """The sha256 of every file in `folder` but the state file, by path relative to it."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != CHECKPOINT_STATE_FILE:
+            with path.open("rb") as file:
+                digests[str(path.relative_to(folder))] = hashlib.file_digest(file, "sha256").hexdigest()
+    return digests
+
+
 def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, state: dict) -> Path:
     """Save model, optimiser, scheduler and every process's RNG states (accelerate's `save_state`) plus `state`
-    (data position and run signature) as `checkpoints_dir/step_{step}`, atomically: everything is written and synced
-    into `step_{step}.partial`, which is then renamed. An existing checkpoint is never overwritten."""
+    (data position and run signature) and the digest of every file as `checkpoints_dir/step_{step}`, atomically:
+    everything is written and synced into `step_{step}.partial`, which is then renamed. An existing checkpoint is
+    never overwritten."""
     checkpoints_dir = Path(checkpoints_dir)
     final, partial = checkpoints_dir / f"step_{step}", checkpoints_dir / f"step_{step}.partial"
     if accelerator.is_main_process:
@@ -683,6 +806,7 @@ def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, 
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        state = {**state, "files": _file_digests(partial)}
         (partial / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=2))
         _fsync_tree(partial)
         os.rename(partial, final)
@@ -714,17 +838,18 @@ def load_checkpoint(accelerator, folder: str | os.PathLike, signature: dict) -> 
     objects and RNGs; returns its state.
 
     Raises `CheckpointError` naming the problem and the fix when its state differs from `signature` (the run settings
-    that must match for an exact resume), or its files do not load.
+    that must match for an exact resume), or a file is missing, differs from what was written, or does not load.
     """
     folder = Path(folder)
     others = ", ".join(str(path) for _, path in list_checkpoints(folder.parent) if path != folder) or "none"
     state_file = folder / CHECKPOINT_STATE_FILE
     try:
         state = json.loads(state_file.read_text())
-        recorded = state["run"]
+        recorded, files = state["run"], dict(state["files"])
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(
-            f"{state_file} is corrupt ({error}); resume from another checkpoint: {others}."
+            f"{state_file} is corrupt or from an older version of this script ({type(error).__name__}: {error}); "
+            f"resume from another checkpoint: {others}."
         ) from error
     mismatches = [
         f"{key} is {recorded.get(key)!r} in the checkpoint but {value!r} now"
@@ -735,6 +860,14 @@ def load_checkpoint(accelerator, folder: str | os.PathLike, signature: dict) -> 
         raise CheckpointError(
             f"Checkpoint {folder} belongs to an incompatible run: {'; '.join(mismatches)}. Resume with the settings "
             f"it was written with, or start a new run with another --output_dir."
+        )
+    found = _file_digests(folder)
+    damaged = [f"{name} is {'missing' if name not in found else 'not what was written'}"
+               for name, digest in files.items() if found.get(name) != digest]
+    if damaged:
+        raise CheckpointError(
+            f"Checkpoint {folder} is corrupt ({'; '.join(damaged)}); resume from an earlier checkpoint ({others}) or "
+            f"delete this one."
         )
     try:
         accelerator.load_state(str(folder))
