@@ -71,7 +71,7 @@ RECIPE = {
     "horizontal_flip_prob": 0.5,
     "mixed_precision": "no",
 }
-"""The training recipe of every run: flags of the no-trainer script (a light version of ALGORITHM.md section 6)."""
+"""The training recipe of every run: flags of the no-trainer script (a light version of docs/algorithm.md section 6)."""
 REPORT_BEGIN, REPORT_END = "<!-- accuracy-report:begin -->", "<!-- accuracy-report:end -->"
 
 

@@ -1,7 +1,7 @@
 """DPC-kNN the way the reference implementation computes it, for the benchmarks: full N x N matrices.
 
 Each image gets its full distance matrix (`torch.cdist`, one GEMM) and a dozen elementwise passes over it. It follows
-ALGORITHM.md section 3 with the deterministic ties of 3.3 in place of the reference's random noise, so it gives the
+docs/algorithm.md section 3 with the deterministic ties of 3.3 in place of the reference's random noise, so it gives the
 clusters of `clustr_hf.clustering.density_peaks` (up to float32 rounding) at the reference's cost in time and memory.
 Never used by the model; the benchmarks swap it in to measure what the chunked implementation saves.
 """

@@ -1,4 +1,4 @@
-"""ClusTR model configuration (ALGORITHM.md sections 1, 2 and 4)."""
+"""ClusTR model configuration (docs/algorithm.md sections 1, 2 and 4)."""
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
@@ -19,7 +19,7 @@ VARIANTS = {
     "b3": dict(_RELEASED, hidden_sizes=(64, 128, 320, 512), num_attention_heads=(1, 2, 5, 8), depths=(3, 5, 18, 3),
                drop_path_rate=0.3),
 }
-"""The released ClusTR variants (b1-b3, ALGORITHM.md section 4) and our small b0."""
+"""The released ClusTR variants (b1-b3, docs/algorithm.md section 4) and our small b0."""
 
 CLUSTERING_MODES = ("exact", "pooled")
 """Values of `ClusTRConfig.clustering_mode`."""
@@ -157,7 +157,9 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
         if self.cluster_num_neighbors < 1:
             raise ValueError(f"cluster_num_neighbors={self.cluster_num_neighbors} must be >= 1 (paper: 5).")
         if self.cluster_chunk_size is not None and self.cluster_chunk_size < 1:
-            raise ValueError(f"cluster_chunk_size={self.cluster_chunk_size} must be >= 1, or None to choose per device.")
+            raise ValueError(
+                f"cluster_chunk_size={self.cluster_chunk_size} must be >= 1, or None to choose per device."
+            )
         if self.clustering_mode not in CLUSTERING_MODES:
             raise ValueError(
                 f"clustering_mode={self.clustering_mode!r} is not one of {', '.join(map(repr, CLUSTERING_MODES))}; "

@@ -1,4 +1,4 @@
-"""Convert a checkpoint of the authors' ClusTR code (names of ALGORITHM.md section 5) to a Hub-ready folder.
+"""Convert a checkpoint of the authors' ClusTR code (names of docs/algorithm.md section 5) to a Hub-ready folder.
 
     python -m clustr_hf.convert_reference_checkpoint --checkpoint in.pth --variant b2 --output_dir out/
 """
@@ -84,7 +84,7 @@ def convert_reference_state_dict(state_dict: dict) -> dict:
             unexpected.append(name)
     if unexpected:
         raise ValueError(
-            f"{len(unexpected)} keys are not ClusTR reference names (ALGORITHM.md section 5): {sorted(unexpected)}"
+            f"{len(unexpected)} keys are not ClusTR reference names (docs/algorithm.md section 5): {sorted(unexpected)}"
         )
     return converted
 

@@ -1,4 +1,4 @@
-"""Image processors for ClusTR: the evaluation transform of ALGORITHM.md section 6, in both transformers backends.
+"""Image processors for ClusTR: the evaluation transform of docs/algorithm.md section 6, in both transformers backends.
 
 Shorter side to `int(crop / crop_pct)` (bicubic), centre crop `crop x crop`, rescale by 1/255, ImageNet mean and
 std; the defaults (`size={"shortest_edge": 224}`, `crop_pct=0.875`) give the reference's resize-256-crop-224.

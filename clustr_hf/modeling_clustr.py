@@ -1,4 +1,4 @@
-"""PyTorch ClusTR: a pyramid vision transformer with clustering-guided attention (ALGORITHM.md sections 1-2)."""
+"""PyTorch ClusTR: a pyramid vision transformer with clustering-guided attention (docs/algorithm.md sections 1-2)."""
 
 import functools
 import inspect

@@ -2,7 +2,7 @@
 r"""Fine-tune or train an image classifier (ClusTR by default) with transformers' Trainer.
 
 Takes every TrainingArguments flag (`--eval_strategy`, `--save_steps`, `--report_to`, `--push_to_hub`, ...) plus the
-data, model and recipe flags shared with the accelerate script; `--recipe imagenet` sets ALGORITHM.md section 6.
+data, model and recipe flags shared with the accelerate script; `--recipe imagenet` sets docs/algorithm.md section 6.
 Checkpoints are Trainer's own (`--save_strategy steps --save_steps N`); `--resume_from_checkpoint latest` (or a
 checkpoint folder) resumes a stopped run to the weights an uninterrupted run ends with.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or fine-tune an image classifier (ClusTR by default) with accelerate: one process, several GPUs or machines.
 
-Checkpoints every N steps can be resumed exactly; `--recipe imagenet` sets the training recipe of ALGORITHM.md
+Checkpoints every N steps can be resumed exactly; `--recipe imagenet` sets the training recipe of docs/algorithm.md
 section 6. Examples (README.md, section Training, has more):
 
     python examples/run_image_classification_no_trainer.py --model_name_or_path b0 --dataset_name digits \

@@ -95,7 +95,7 @@ class ModelArguments:
 
 @dataclass
 class RecipeArguments:
-    """The training recipe of ALGORITHM.md section 6, piece by piece; `--recipe imagenet` sets all of it."""
+    """The training recipe of docs/algorithm.md section 6, piece by piece; `--recipe imagenet` sets all of it."""
 
     recipe: str | None = field(
         default=None, metadata={"help": "A bundled recipe ('imagenet'); explicit flags still override its values."}
@@ -146,10 +146,10 @@ def preferred_mixed_precision() -> str:
 
 
 def recipe_defaults(name: str, model_name_or_path: str | None = None) -> dict:
-    """The flag values of a bundled recipe. ALGORITHM.md section 6 ('imagenet'): 300 epochs of AdamW at 5e-4 per 512
-    images, weight decay 0.05 (not on biases and norms), cosine schedule from a 5-epoch warm-up starting at 1e-6 down to
-    1e-5, label smoothing 0.1, RandAugment m9, random erasing 0.25, Mixup 0.8 / CutMix 1.0, repeated augmentation x3,
-    gradient clipping 1.0 for b3 only, bf16 where supported.
+    """The flag values of a bundled recipe. docs/algorithm.md section 6 ('imagenet'): 300 epochs of AdamW at 5e-4 per
+    512 images, weight decay 0.05 (not on biases and norms), cosine schedule from a 5-epoch warm-up starting at 1e-6
+    down to 1e-5, label smoothing 0.1, RandAugment m9, random erasing 0.25, Mixup 0.8 / CutMix 1.0, repeated
+    augmentation x3, gradient clipping 1.0 for b3 only, bf16 where supported.
 
     Colour jitter stays off: the reference trains with timm, which skips colour jitter whenever RandAugment is on.
     torchvision's RandAugment has no magnitude noise (the reference's 'mstd0.5').
@@ -379,7 +379,7 @@ def class_names(dataset: datasets.DatasetDict, label_column: str) -> list[str]:
 
 
 def default_image_processor(image_size: int) -> ClusTRImageProcessor:
-    """The evaluation transform of ALGORITHM.md section 6 at `image_size`: shorter side to image_size / 0.875
+    """The evaluation transform of docs/algorithm.md section 6 at `image_size`: shorter side to image_size / 0.875
     (bicubic), centre crop, rescale, ImageNet mean and std."""
     return ClusTRImageProcessor(size={"shortest_edge": image_size})
 

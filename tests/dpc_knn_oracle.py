@@ -1,4 +1,4 @@
-"""Test oracle: a deliberately naive, line-by-line transcription of ALGORITHM.md section 3 (with the 3.3 ties).
+"""Test oracle: a deliberately naive, line-by-line transcription of docs/algorithm.md section 3 (with the 3.3 ties).
 
 It builds the full N x N distance matrix in float64 and loops over tokens. Slow and memory-hungry on purpose:
 it is the reference the fast `clustr_hf.clustering` is checked against, never used by the model.

@@ -1,4 +1,4 @@
-"""Test oracle for the whole network: ALGORITHM.md sections 1-2 transcribed naively, on a state dict that uses the
+"""Test oracle for the whole network: docs/algorithm.md sections 1-2 transcribed naively, on a state dict that uses the
 reference implementation's parameter names (section 5). Clustering comes from the naive DPC-kNN oracle."""
 
 import torch

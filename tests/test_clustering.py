@@ -1,4 +1,4 @@
-"""The chunked DPC-kNN clustering against the naive float64 oracle (ALGORITHM.md section 3, ties as in 3.3).
+"""The chunked DPC-kNN clustering against the naive float64 oracle (docs/algorithm.md section 3, ties as in 3.3).
 
 Random tokens are compared in float64. Real-photo tokens (a photo through the model's patch embedding and first
 LayerNorm, float32, as the model clusters them) are compared as they are: the implementation decides in float64
@@ -54,7 +54,7 @@ def assert_matches_oracle(tokens, counts, k=5, chunk_size=256):
 
 
 def photo_tokens(size, names=("astronaut",)):
-    """Real photos' stage-1 clustering input in a tiny model: patch embedding, then the first block's LayerNorm (C=8)."""
+    """Real photos' stage-1 clustering input in a tiny model: patch embedding, then block 0's first LayerNorm (C=8)."""
     torch.manual_seed(0)
     return clustered_tokens(ClusTRModel(tiny_config()), photo_batch((size, size), names))
 

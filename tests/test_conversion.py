@@ -1,4 +1,5 @@
-"""Reference checkpoints (ALGORITHM.md section 5) convert to ClusTR and compute what the reference network computes."""
+"""Reference checkpoints (docs/algorithm.md section 5) convert to ClusTR and compute what the reference network
+computes."""
 
 import pytest
 import torch

@@ -1,4 +1,5 @@
-"""ClusTRImageProcessor / ClusTRImageProcessorPil: the evaluation transform of ALGORITHM.md section 6 on real photos."""
+"""ClusTRImageProcessor / ClusTRImageProcessorPil: the evaluation transform of docs/algorithm.md section 6 on real
+photos."""
 
 import json
 

@@ -51,7 +51,7 @@ REPO_ID = "test-user/clustr-tiny"
 DATASET = "clustr-tests/photos"
 TOKEN = "hf_stand_in_token"
 MEASURED = {"eval_accuracy": 0.75, "eval_top5_accuracy": 1.0, "eval_loss": 0.41, "eval_samples": 4}
-# The spec's exact parameter counts with 1000 classes (ALGORITHM.md section 4; b0 from the README's table).
+# The spec's exact parameter counts with 1000 classes (docs/algorithm.md section 4; b0 from the README's table).
 PARAMETERS = {"b0": 3_322_702, "b1": 11_682_417, "b2": 22_690_941, "b3": 40_246_210}
 HUB_FILE_NAMES = {
     "README.md", "all_results.json", "config.json", "model.safetensors", "preprocessor_config.json", "handler.py",
