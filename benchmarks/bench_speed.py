@@ -2,7 +2,10 @@
 
 One run measures side by side, for ClusTR b2 and b0 (random weights, real photos, eval, fp32, batch 4):
   clustr   ClusTR as shipped, exact mode (`clustr_hf.clustering.density_peaks`);
-  pooled   ClusTR in the scalable mode (`clustering_mode="pooled"`, the same weights; issue 9);
+  static   the same, with the clustering's static-shape path (the one torch.compile and export take) run eagerly;
+  before   with --baseline REV: ClusTR with `clustr_hf/clustering.py` as it was at git revision REV;
+  pooled   ClusTR in the scalable mode (`clustering_mode="pooled"`, the same weights; issue 9), and with --baseline,
+           pooled_before: that mode at REV;
   oracle   ClusTR with the reference's formulation of the same clustering (full N x N matrices,
            `reference_clustering.py`); skipped where a run would take longer than --oracle-limit seconds (except
            at --oracle-sizes, 224 and 448, which the targets need) or would not fit in memory;
@@ -21,6 +24,7 @@ freed buffers on its heap, and the same forward's high-water mark then varies fr
 
     python benchmarks/bench_speed.py                       # everything (about an hour on 2 quiet cores)
     python benchmarks/bench_speed.py --sizes 224 --models b0 --repeats 3   # a quick look
+    python benchmarks/bench_speed.py --sizes 224 448 --baseline a7b94a3   # against the clustering of a7b94a3
 """
 
 import argparse
@@ -34,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -42,6 +47,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+import clustr_hf.clustering as clustr_clustering  # noqa: E402
 import clustr_hf.modeling_clustr as modeling_clustr  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRForImageClassification, ClusTRModel  # noqa: E402
 from clustr_hf.clustering import DensityPeaks, density_peaks  # noqa: E402
@@ -57,7 +63,7 @@ PVT_V2_CONFIGS = {  # the released PVTv2 configurations the ClusTR variants are 
 TARGETS = {"speedup_224": 2.5, "speedup_448": 5.0, "memory_fraction_448": 1 / 3, "overhead_per_gemm": 1.3,
            "pooled_to_pvtv2_224": 1.4, "pooled_to_pvtv2_448": 1.0, "pooled_to_pvtv2_640": 1.0,
            "pooled_memory_to_pvtv2_640": 1.0}
-VARIANTS = ("clustr", "pooled", "oracle", "floor", "gemms", "pvtv2")
+VARIANTS = ("clustr", "static", "before", "pooled", "pooled_before", "oracle", "floor", "gemms", "pvtv2")
 
 
 def free_assignment(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int = 256) -> DensityPeaks:
@@ -69,18 +75,49 @@ def free_assignment(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size
     return DensityPeaks(assignments, centres.expand(batch_size, -1))
 
 
-CLUSTERINGS = {"clustr": density_peaks, "oracle": reference_density_peaks, "floor": free_assignment}
+def static_density_peaks(*args, **kwargs) -> DensityPeaks:
+    """`density_peaks` through its static-shape path (fixed redo shares and torch.cond), run eagerly."""
+    original = clustr_clustering.is_static
+    clustr_clustering.is_static = lambda: True
+    try:
+        return density_peaks(*args, **kwargs)
+    finally:
+        clustr_clustering.is_static = original
+
+
+def clustering_at(revision: str) -> types.ModuleType:
+    """`clustr_hf/clustering.py` as it was at git revision `revision`, loaded as a module of its own."""
+    source = subprocess.run(["git", "show", f"{revision}:clustr_hf/clustering.py"], cwd=HERE.parent, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"clustering_at_{revision}")
+    exec(compile(source, f"clustr_hf/clustering.py@{revision}", "exec"), module.__dict__)
+    return module
+
+
+def baseline_clusterings(revision: str) -> tuple:
+    """(density_peaks, pooled_density_peaks) of `revision`, called as the model calls today's (its chunk_size of
+    None meant 256 then)."""
+    module = clustering_at(revision)
+
+    def exact(tokens, counts, k=5, chunk_size=None):
+        return module.density_peaks(tokens, counts, k, chunk_size or 256)
+
+    def pooled(tokens, grid, counts, k=5, tokens_per_cluster=4, chunk_size=None):
+        return module.pooled_density_peaks(tokens, grid, counts, k, tokens_per_cluster, chunk_size or 256)
+
+    return exact, pooled
 
 
 @contextlib.contextmanager
-def clustering(function):
-    """Swap the clustering the ClusTR attention calls."""
-    original = modeling_clustr.density_peaks
+def clustering(function, pooled_function=None):
+    """Swap the clustering the ClusTR attention calls (and, if given, that of the pooled mode)."""
+    originals = modeling_clustr.density_peaks, modeling_clustr.pooled_density_peaks
     modeling_clustr.density_peaks = function
+    modeling_clustr.pooled_density_peaks = pooled_function or originals[1]
     try:
         yield
     finally:
-        modeling_clustr.density_peaks = original
+        modeling_clustr.density_peaks, modeling_clustr.pooled_density_peaks = originals
 
 
 def clustering_inputs(model, pixel_values):
@@ -212,7 +249,7 @@ def build_models(name, device):
     return clustr, pooled_copy(clustr), pvt
 
 
-def peak_memory_in_child(name, size, variants, batch_size, threads):
+def peak_memory_in_child(name, size, variants, batch_size, threads, baseline=None):
     """Extra peak resident memory (bytes) of one forward of each of `variants` of model `name` at `size`, measured in a
     fresh process whose glibc unmaps every freed buffer above 128 KiB at once (`MALLOC_MMAP_THRESHOLD_`).
 
@@ -220,20 +257,21 @@ def peak_memory_in_child(name, size, variants, batch_size, threads):
     (b2 224 forward 1.4x), so only memory is measured there. A PVTv2 forward first initialises the libraries' buffers.
     """
     command = [sys.executable, __file__, "--memory-of", name, str(size), *variants, "--batch-size", str(batch_size),
-               "--threads", str(threads)]
+               "--threads", str(threads), *(["--baseline", baseline] if baseline else [])]
     environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
     output = subprocess.run(command, env=environment, check=True, capture_output=True, text=True).stdout
     return json.loads(output.splitlines()[-1])
 
 
-def print_child_peak_memory(name, size, variants, batch_size, threads):
+def print_child_peak_memory(name, size, variants, batch_size, threads, baseline=None):
     """The child's side of `peak_memory_in_child`: prints the peaks as a JSON line."""
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     clustr, pooled, pvt = build_models(name, device)
     pixel_values = photo_batch((size, size))[:batch_size]
     shapes = clustered_shapes(clustr, pixel_values)
-    calls = forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle="oracle" in variants)
+    calls = forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle="oracle" in variants,
+                          baseline=baseline and baseline_clusterings(baseline))
     memory = Memory(device, resident=True)
     calls["pvtv2"]()
     print(json.dumps({variant: memory.measure(calls[variant])[1] for variant in variants}))
@@ -248,39 +286,48 @@ def pooled_copy(model):
     return pooled.train(model.training)
 
 
-def forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle):
-    def forward(model, function=None):
+def forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle, baseline=None):
+    def forward(model, function=density_peaks, pooled_function=None):
         def call():
-            with clustering(function or density_peaks), torch.no_grad():
+            with clustering(function, pooled_function), torch.no_grad():
                 model(pixel_values)
         return call
 
-    calls = {"clustr": forward(clustr), "pooled": forward(pooled), "floor": forward(clustr, free_assignment)}
+    calls = {"clustr": forward(clustr), "static": forward(clustr, static_density_peaks)}
+    if baseline:
+        calls["before"] = forward(clustr, baseline[0])
+    calls["pooled"] = forward(pooled)
+    if baseline:
+        calls["pooled_before"] = forward(pooled, density_peaks, baseline[1])
     if with_oracle:
         calls["oracle"] = forward(clustr, reference_density_peaks)
+    calls["floor"] = forward(clustr, free_assignment)
     calls["gemms"] = distance_gemms(shapes, device)
     calls["pvtv2"] = forward(pvt)
     return calls
 
 
-def training_calls(name, pixel_values, device):
+def training_calls(name, pixel_values, device, baseline=None):
     """Forward and backward of the image classifiers (ClusTR with each clustering, and PVTv2)."""
     labels = torch.arange(pixel_values.shape[0], device=device) % 10
     torch.manual_seed(0)
     clustr = ClusTRForImageClassification(ClusTRConfig.from_variant(name, num_labels=10)).to(device).train()
+    pooled = pooled_copy(clustr)
     pvt = PvtV2ForImageClassification(PvtV2Config(**PVT_V2_CONFIGS[name], num_labels=10)).to(device).train()
 
-    def step(model, function=density_peaks):
+    def step(model, function=density_peaks, pooled_function=None):
         def call():
-            with clustering(function):
+            with clustering(function, pooled_function):
                 model(pixel_values, labels=labels).loss.backward()
             model.zero_grad(set_to_none=True)
         return call
 
-    return {
-        "clustr": step(clustr), "pooled": step(pooled_copy(clustr)), "floor": step(clustr, free_assignment),
-        "oracle": step(clustr, reference_density_peaks), "pvtv2": step(pvt),
-    }
+    calls = {"clustr": step(clustr), "static": step(clustr, static_density_peaks)}
+    if baseline:
+        calls.update(before=step(clustr, baseline[0]), pooled_before=step(pooled, density_peaks, baseline[1]))
+    calls.update(pooled=step(pooled), floor=step(clustr, free_assignment), oracle=step(clustr, reference_density_peaks),
+                 pvtv2=step(pvt))
+    return calls
 
 
 def run(args):
@@ -292,6 +339,7 @@ def run(args):
                      "load_average_start": load_average()},
         "forward": {}, "training": {},
     }
+    baseline = baseline_clusterings(args.baseline) if args.baseline else None
     for name in args.models:
         clustr, pooled, pvt = build_models(name, device)
         report["forward"][name] = {}
@@ -311,12 +359,12 @@ def run(args):
             with_oracle = skip is None
             print(f"{name} {size}x{size}: load {load_average()}" + (f"; oracle skipped: {skip}" if skip else ""),
                   flush=True)
-            calls = forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle)
+            calls = forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle, baseline)
             limit = None if size in args.oracle_sizes else args.oracle_limit
             results = measure_interleaved(calls, args.repeats, memory, limit)
             if device.type == "cpu":
                 measured = [variant for variant, result in results.items() if result["runs_s"]]
-                peaks = peak_memory_in_child(name, size, measured, args.batch_size, args.threads)
+                peaks = peak_memory_in_child(name, size, measured, args.batch_size, args.threads, args.baseline)
                 for variant, peak in peaks.items():
                     results[variant]["peak_bytes"] = peak
             if with_oracle:
@@ -332,7 +380,8 @@ def run(args):
     for name in args.models:
         pixel_values = photo_batch((training_size, training_size))[: args.batch_size].to(device)
         print(f"{name} training step {training_size}x{training_size}: load {load_average()}", flush=True)
-        report["training"][name] = measure_interleaved(training_calls(name, pixel_values, device), args.repeats, memory)
+        calls = training_calls(name, pixel_values, device, baseline)
+        report["training"][name] = measure_interleaved(calls, args.repeats, memory)
         print(format_row(report["training"][name]), flush=True)
     report["settings"]["load_average_end"] = load_average()
     report["targets"] = targets(report)
@@ -419,7 +468,8 @@ def plot(report, path):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(report["forward"]), figsize=(6 * len(report["forward"]), 4.5), squeeze=False)
-    labels = {"clustr": "ClusTR (chunked exact clustering)", "pooled": "ClusTR (pooled clustering mode)", "oracle": "ClusTR (reference formulation)",
+    labels = {"clustr": "ClusTR (exact clustering)", "before": f"ClusTR (exact clustering at {report['settings']['baseline']})",
+              "pooled": "ClusTR (pooled clustering mode)", "oracle": "ClusTR (reference formulation)",
               "floor": "ClusTR, free clustering (floor)", "gemms": "distance GEMMs alone", "pvtv2": "PVTv2 (transformers)"}
     for axis, (name, sizes) in zip(axes[0], report["forward"].items()):
         for variant, label in labels.items():
@@ -447,13 +497,14 @@ def main():
                         help="skip the reference formulation where a run would take longer (seconds)")
     parser.add_argument("--oracle-sizes", nargs="*", type=int, default=[224, 448],
                         help="sizes where the reference formulation runs whatever its time (the targets need them)")
+    parser.add_argument("--baseline", metavar="REV", help="also time the clustering of git revision REV ('before')")
     parser.add_argument("--output", type=Path, default=HERE / "results", help="folder for speed.json and speed.png")
     parser.add_argument("--memory-of", nargs="+", metavar="MODEL SIZE VARIANT",
                         help="internal: print the peak memory of the variants' forwards (see peak_memory_in_child)")
     args = parser.parse_args()
     if args.memory_of:
         name, size, *variants = args.memory_of
-        return print_child_peak_memory(name, int(size), variants, args.batch_size, args.threads)
+        return print_child_peak_memory(name, int(size), variants, args.batch_size, args.threads, args.baseline)
     args.sizes = sorted(args.sizes)
     report = run(args)
     print_summary(report)

@@ -158,10 +158,11 @@ def listed_radius(operands, largest, row_norm):
     largest = largest.double()
     worst_case = largest - rounding_bound(operands, row_norm, operands.norm.amax(1, keepdim=True))
     factor = rounding_factor(operands)
-    slack = (largest - 4 * factor * row_norm**2).clamp_min(0)  # (1 + f) s^2 + 4 f a s = slack, s = sqrt R
+    # (1 + f) s^2 + 4 f a s = slack, s = sqrt R; a finite slack where largest is inf keeps the root from inf / inf
+    slack = (largest - 4 * factor * row_norm**2).clamp(0, torch.finfo(torch.float64).max)
     root = slack / (2 * factor * row_norm + torch.sqrt(4 * (factor * row_norm) ** 2 + (1 + factor) * slack))
     near = torch.where(slack > 0, root, 0.0).square() * (1 - 1e-9)  # the margin absorbs this evaluation's rounding
-    return torch.fmax(worst_case, near).clamp_min(0)  # fmax: near is NaN (inf / inf) where largest is inf
+    return torch.maximum(worst_case, near).clamp_min(0)
 
 
 def smallest_distances(left, right, count: int, chunk_size=None):
@@ -224,8 +225,8 @@ def redo_uncertain(decide, operands, answers, share: float):
     `decide(operands, index)` for token indices `index` (B, R; None for every token), all images at once.
 
     Eager, one host sync reads the largest count of an image, and R is that count (other images pad with certain
-    tokens, whose answers are kept). Under static shapes R is the `share` of N, and `torch.cond` redoes every token
-    where some image has more uncertain ones.
+    tokens, whose answers are kept). Compiled, R is the `share` of N, and `torch.cond` redoes every token where some
+    image has more uncertain ones; exported (torch.export, ONNX), every token is redone.
     """
     *answers, uncertain = answers
 
@@ -246,8 +247,8 @@ def redo_uncertain(decide, operands, answers, share: float):
     num_tokens = uncertain.shape[1]
     if is_static():
         capacity = math.ceil(share * num_tokens)
-        if capacity >= num_tokens:
-            return replaced(None)
+        if capacity >= num_tokens or torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return replaced(None)  # exported programs take no torch.cond: the ONNX exporter fails on it (torch 2.14)
         index = uncertain.to(torch.uint8).topk(capacity, dim=1, sorted=False).indices
 
         def branch(index):  # torch.cond wants the same strides from both branches
@@ -343,21 +344,19 @@ def dense_centres(points: Points, num_centres: int, k: int):
     return rank_centres(points, density, rank, denser, num_centres), distances
 
 
-def assign_to_centres(precisions, centres, counts, chunk_size=None):
-    """Nearest-centre cluster (B, scales, N) of every token for each scale (3 step 5); scale s uses the first
-    `counts[s]` `centres` (B, M), numbered in that order.
+def assign_to_centres(precisions, centres, counts, chunk_size=None) -> list:
+    """Nearest-centre cluster (B, N) of every token for each scale (3 step 5); scale s uses the first `counts[s]`
+    `centres` (B, M), numbered in that order.
 
     One distance pass to the centres of the finest scale serves every scale; a scale with one cluster per token
     needs none (`claim_centres` fills it). Close calls, where the runner-up is within twice the rounding bound, are
     redone in float64. Ties go to the lower cluster number.
     """
-    batch_size, num_tokens = precisions[0].norm.shape
-    computed = [scale for scale, count in enumerate(counts) if count < num_tokens]
-    assignments = torch.zeros(batch_size, len(counts), num_tokens, dtype=torch.long, device=centres.device)
+    first, *exact = precisions
+    computed = [count for count in counts if count < first.norm.shape[1]]
     if not computed:
-        return assignments
-    scale_counts = [counts[scale] for scale in computed]
-    candidates = centres[:, : max(scale_counts)]
+        return [torch.zeros_like(first.norm, dtype=torch.long) for _ in counts]
+    candidates = centres[:, : max(computed)]
 
     def decide(operands, index):
         centre_columns = gather_tokens(operands.right, candidates).transpose(1, 2)
@@ -367,32 +366,32 @@ def assign_to_centres(precisions, centres, counts, chunk_size=None):
         distances = joined([torch.bmm(left[:, chunk], centre_columns)
                             for chunk in chunks(left.shape[1], candidates.shape[1], left.device, chunk_size)], dim=1)
         nearest, close_call = [], torch.zeros_like(margin, dtype=torch.bool)
-        for count in scale_counts:
+        for count in computed:
             nearest.append(distances[..., :count].argmin(-1))
             if count > 1:
                 two = distances[..., :count].topk(2, dim=-1, largest=False).values
                 close_call |= two[..., 1] - two[..., 0] <= margin
         return torch.stack(nearest, dim=-1), close_call
 
-    first, *exact = precisions
     answers = decide(first, None)
-    clusters = redo_uncertain(decide, exact[0], answers, REDONE_SHARE["assignment"])[0] if exact else answers[0]
-    assignments[:, computed] = clusters.transpose(1, 2)
-    return assignments
+    if exact:
+        answers = redo_uncertain(decide, exact[0], answers, REDONE_SHARE["assignment"])
+    clusters = answers[0].unbind(-1)
+    return [clusters[computed.index(count)] if count in computed else clusters[0] for count in counts]
 
 
-def nearest_of_centres(distances, centres, counts):
+def nearest_of_centres(distances, centres, counts) -> list:
     """`assign_to_centres` from the whole float64 distance matrix (B, N, N) of `dense_centres`."""
     to_centres = distances.gather(2, centres[:, None, :].expand(-1, distances.shape[1], -1))
-    return torch.stack([to_centres[..., :count].argmin(-1) for count in counts], dim=1)
+    return [to_centres[..., :count].argmin(-1) for count in counts]
 
 
-def claim_centres(assignments, centres, counts):
-    """`assignments` (B, scales, N) with every centre in its own cluster: scale s's cluster c holds `centres[:, c]`."""
+def claim_centres(assignments: list, centres, counts):
+    """The per-scale (B, N) `assignments` as one (B, scales, N) tensor, every centre in its own cluster: scale s's
+    cluster c holds `centres[:, c]`."""
     own_cluster = torch.arange(max(counts), device=centres.device).expand_as(centres)
-    for scale, count in enumerate(counts):
-        assignments[:, scale].scatter_(1, centres[:, :count], own_cluster[:, :count])
-    return assignments
+    return torch.stack([clusters.scatter(1, centres[:, :count], own_cluster[:, :count])
+                        for clusters, count in zip(assignments, counts)], dim=1)
 
 
 @torch.compiler.assume_constant_result
@@ -553,7 +552,8 @@ def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5,
         assignments = assign_to_centres(gemm_precisions(candidates, tokens.dtype), every_token(chosen), counts,
                                         chunk_size)
         centres = cell_middles(height, width, cells, tokens.device)[chosen]
-        return DensityPeaks(claim_centres(assignments[..., num_centres:], centres, counts), centres)
+        return DensityPeaks(claim_centres([clusters[:, num_centres:] for clusters in assignments], centres, counts),
+                            centres)
 
 
 __all__ = ["DensityPeaks", "capped_cluster_counts", "cluster_counts", "cluster_tokens", "density_peaks",

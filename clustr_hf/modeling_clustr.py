@@ -16,6 +16,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.generic import can_return_tuple
+from transformers.utils import output_capturing
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .clustering import DensityPeaks, capped_cluster_counts, cluster_counts, density_peaks, pooled_density_peaks
@@ -279,6 +280,15 @@ class ClusTREncoder(nn.Module):
         return feature_map
 
 
+def end_stale_compiled_recording() -> None:
+    """After a torch.compile'd forward, transformers' output collector (5.24) stays in its compiled mode, and eager
+    forwards then record their outputs into that stale state and return none (no hidden states, attentions or
+    clusters); put it back in eager mode."""
+    collector = output_capturing._active_collector
+    if getattr(collector, "compiling", False):
+        collector.reset(None)
+
+
 def checked_keywords(forward):
     """Reject keywords a ClusTR forward does not take: a typo would otherwise be ignored. Keeps `forward`'s signature."""
     accepted = [name for name in inspect.signature(forward).parameters if name not in ("self", "kwargs")]
@@ -407,6 +417,8 @@ class ClusTRModel(ClusTRPreTrainedModel):
         """`output_attentions`, `output_hidden_states` and `output_cluster_assignments` default to the config's."""
         if "output_cluster_assignments" in kwargs:  # capture_outputs records the centres under a flag of their own
             kwargs["output_cluster_centres"] = kwargs["output_cluster_assignments"]
+        if not torch.compiler.is_compiling():
+            end_stale_compiled_recording()
         return self.encode(pixel_values, **kwargs)
 
     @capture_outputs(tie_last_hidden_states=False)

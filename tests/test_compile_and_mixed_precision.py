@@ -30,9 +30,10 @@ def classifier(mode):
     return ClusTRForImageClassification(config).train()
 
 
-def loss_and_gradients(model, pixel_values):
+def training_step(model, pixel_values):
+    """The outputs (with the clusters) and the gradients of one forward and backward."""
     model.zero_grad()
-    outputs = model(pixel_values, labels=LABELS)
+    outputs = model(pixel_values, labels=LABELS, output_cluster_assignments=True)
     outputs.loss.backward()
     return outputs, [parameter.grad.clone() for parameter in model.parameters()]
 
@@ -41,21 +42,20 @@ def loss_and_gradients(model, pixel_values):
 def test_compiled_training_step_gives_the_eager_logits_gradients_and_clusters(mode, pixel_values):
     model = classifier(mode)
     assert (SIZE[0] // 4) ** 2 > DENSE_TOKENS
+    # Eager first: transformers installs the hooks that record the clusters on first use, under a lock.
+    eager, eager_gradients = training_step(model, pixel_values)
     torch._dynamo.reset()
-    compiled, compiled_gradients = loss_and_gradients(torch.compile(model, fullgraph=True, backend="aot_eager"),
-                                                      pixel_values)
-    eager, eager_gradients = loss_and_gradients(model, pixel_values)
+    compiled, compiled_gradients = training_step(torch.compile(model, fullgraph=True, backend="aot_eager"),
+                                                 pixel_values)
     torch.testing.assert_close(compiled.logits, eager.logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_gradients, eager_gradients, rtol=1e-4, atol=1e-6)
-
-    with torch.no_grad():  # eager first: transformers installs its output hooks on first use, under a lock
-        eager_clusters = model.clustr(pixel_values, output_cluster_assignments=True).cluster_assignments
-        compiled_encoder = torch.compile(model.clustr, fullgraph=True, backend="aot_eager")
-        compiled_clusters = compiled_encoder(pixel_values, output_cluster_assignments=True).cluster_assignments
-    assert len(compiled_clusters) == len(eager_clusters) == 3
-    for compiled_block, eager_block in zip(compiled_clusters, eager_clusters):
-        assert torch.equal(compiled_block, eager_block)
+    eager_again, _ = training_step(model, pixel_values)  # eager after compiled: the outputs are recorded again
+    assert len(compiled.cluster_assignments) == len(eager.cluster_assignments) == len(eager_again.cluster_assignments)
+    for compiled_block, eager_block, again in zip(compiled.cluster_assignments, eager.cluster_assignments,
+                                                  eager_again.cluster_assignments):
+        assert torch.equal(compiled_block, eager_block) and torch.equal(again, eager_block)
+    assert len(eager.cluster_assignments) == 3
 
 
 def test_bfloat16_autocast_trains_and_clusters_in_full_precision(pixel_values, monkeypatch):
