@@ -37,7 +37,6 @@ from clustr_hf.publishing import PAPER_GFLOPS  # noqa: E402
 from clustr_hf.testing_utils import photo  # noqa: E402
 
 
-
 def multiply_adds(model, pixel_values, function) -> float:
     """Multiply-adds of one forward with `function` as the clustering (flop_counter counts 2 per multiply-add)."""
     with clustering(function), FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -60,10 +59,10 @@ def count(name: str, size: int) -> dict:
     exact_pairs_work = 0
     exact_squared_distances = clustering_module.exact_squared_distances
 
-    def counted_exact_distances(tokens, rows, others, chunk_size):
+    def counted_exact_distances(points, index, others, chunk_size=None):
         nonlocal exact_pairs_work
-        exact_pairs_work += others.numel() * tokens.shape[-1]
-        return exact_squared_distances(tokens, rows, others, chunk_size)
+        exact_pairs_work += others.numel() * (points.values.shape[-1] - 1)
+        return exact_squared_distances(points, index, others, chunk_size)
 
     clustering_module.exact_squared_distances = counted_exact_distances
     try:
