@@ -15,6 +15,7 @@ Measurements left when --budget seconds have passed are skipped, so that the run
 
     python benchmarks/bench_gpu.py                        # about 8 minutes on one H100 / H200
     python benchmarks/bench_gpu.py --quick                # tiny sizes, any device: proves the script (tests run it)
+    python benchmarks/bench_gpu.py --device cpu --model b0 --train-batches 8 --inference 224x1 --budget 3600
 """
 
 import argparse
@@ -187,8 +188,20 @@ def device_matches_cpu(settings, device) -> dict:
     return checks
 
 
+def settings_of(args) -> dict:
+    """FULL or QUICK, with what the command line overrides."""
+    settings = dict(QUICK if args.quick else FULL)
+    if args.model:
+        settings.update(variant=args.model)
+    if args.train_batches:
+        settings.update(train_batches=tuple(args.train_batches))
+    if args.inference:
+        settings.update(inference=tuple(tuple(int(number) for number in spec.split("x")) for spec in args.inference))
+    return settings
+
+
 def run(args) -> dict:
-    settings = QUICK if args.quick else FULL
+    settings = settings_of(args)
     device = torch.device(args.device)
     deadline = Deadline(args.budget)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -250,6 +263,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--budget", type=float, default=480, help="seconds after which measurements are skipped")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
+    parser.add_argument("--model", choices=sorted(PVT_V2_CONFIGS), help="another variant than b2 (tiny with --quick)")
+    parser.add_argument("--train-batches", type=int, nargs="+", help="training batch sizes (default 64 128)")
+    parser.add_argument("--inference", nargs="+", metavar="SIZExBATCH",
+                        help="inference sizes and batches (default 224x1 224x32 448x1 640x1 1024x1)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
     args = parser.parse_args(argv)
     report = run(args)

@@ -29,8 +29,9 @@ from clustr_hf.testing_utils import photo_batch  # noqa: E402
 
 
 STEPS = [
-    "density_peaks", "nearest_neighbours", "smallest_distances", "exact_squared_distances", "nearest_denser",
-    "search_denser", "rank_centres", "assign_to_centres", "nearest_centres", "gemm_operands", "decide_rows",
+    "density_peaks", "dense_centres", "certified_centres", "nearest_neighbours", "smallest_distances",
+    "exact_squared_distances", "listed_radius", "redo_uncertain", "nearest_denser", "rank_centres",
+    "assign_to_centres", "nearest_of_centres", "gemm_operands", "claim_centres",
 ]
 
 

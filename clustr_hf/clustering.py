@@ -56,12 +56,20 @@ def is_static() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def chunks(num_rows: int, row_length: int, device: torch.device, chunk_size: int | None):
-    """Slices of `chunk_size` rows, or by default of as many rows of `row_length` values as one chunk holds per image:
-    2**21 on a CPU (8 MB of float32, cache-sized; larger chunks leave the cache before they are reduced, measured
-    twice as slow at N = 12544), 2**23 on an accelerator (few, large GEMMs)."""
-    size = chunk_size or max(1, (2**21 if device.type == "cpu" else 2**23) // row_length)
-    return [slice(start, start + size) for start in range(0, num_rows, size)]
+def chunks(tensors: tuple, row_length: int, chunk_size: int | None, dim: int = 1) -> list[tuple]:
+    """`tensors` cut along `dim` (their rows) into chunks of `chunk_size` rows, or by default of as many rows of
+    `row_length` values of the first tensor's dtype as one chunk holds per image, in multiples of 64 rows: on a CPU 4 MB
+    (so that a batch of four images' chunk is reduced while it is in cache; b2 at 224: 256 rows of 3136 float32
+    distances, 1.4x faster than 668), on an accelerator 32 MB (few, large GEMMs). Other row counts slow the GEMM and
+    the reductions (255 rows: 1.3x the time of 256). One chunk is the tensors themselves."""
+    like = tensors[0]
+    size = chunk_size or max(1, (4_000_000 if like.device.type == "cpu" else 2**25) // (row_length * like.element_size()))
+    size = size if chunk_size or size < 64 else size // 64 * 64
+    num_rows = like.shape[dim]
+    if size >= num_rows:
+        return [tensors]
+    return [tuple(tensor.narrow(dim, start, min(size, num_rows - start)) for tensor in tensors)
+            for start in range(0, num_rows, size)]
 
 
 def gather_tokens(values, index):
@@ -77,18 +85,26 @@ def joined(pieces, dim: int):
 
 
 class Points(NamedTuple):
-    """The tokens (B, N, C + 1) in float64 for exact distances: non-finite tokens zeroed, with a last channel that is 0
-    for finite tokens and inf for the others, so that a direct difference puts them infinitely far."""
+    """The tokens in float64 for exact distances: `values` (B, N, C), which are `finite` (B, N), and each image's
+    `offset` (B, 1, 1) in `values` flattened to (B N, C)."""
 
     values: torch.Tensor
     finite: torch.Tensor
+    offset: torch.Tensor
 
 
 def exact_points(tokens) -> Points:
-    """`Points` of (B, N, C) tokens, and which are finite (B, N)."""
+    """`Points` of (B, N, C) tokens."""
     finite = torch.isfinite(tokens).all(-1)
-    far = torch.where(finite, 0.0, math.inf).to(torch.float64)[..., None]
-    return Points(torch.cat([torch.where(finite[..., None], tokens.double(), 0.0), far], dim=-1), finite)
+    offset = torch.arange(finite.shape[0], device=tokens.device).view(-1, 1, 1) * finite.shape[1]
+    return Points(tokens.double(), finite, offset)
+
+
+def gather_points(points: Points, index):
+    """`points.values` at the token indices `index` (B, R, m) of the same image: (B, R, m, C). One contiguous copy per
+    row (`index_select`), much faster on a CPU than advanced indexing for these, the largest gathers."""
+    flat = points.values.flatten(0, 1).index_select(0, (index + points.offset).flatten())
+    return flat.view(*index.shape, points.values.shape[-1])
 
 
 def exact_squared_distances(points: Points, index, others, chunk_size=None):
@@ -96,12 +112,12 @@ def exact_squared_distances(points: Points, index, others, chunk_size=None):
     (B, R, m) tokens j.
 
     Direct differences: float32 tokens subtract and square exactly in float64, only the sum rounds, and equal tokens
-    are exactly 0 apart; inf where either token is not finite.
+    are exactly 0 apart. Where either token is not finite, the difference is inf or NaN: the distance is inf.
     """
-    rows = points.values if index is None else gather_tokens(points.values, index)
-    distances = [(gather_tokens(points.values, others[:, chunk]) - rows[:, chunk, None]).square_().sum(-1)
-                 for chunk in chunks(others.shape[1], others.shape[-1] * rows.shape[-1], rows.device, chunk_size)]
-    return joined(distances, dim=1).nan_to_num_(nan=math.inf)  # two non-finite tokens: inf - inf
+    rows = (points.values if index is None else gather_tokens(points.values, index))[:, :, None]
+    distances = [gather_points(points, part_others).sub_(part_rows).square_().sum(-1)
+                 for part_others, part_rows in chunks((others, rows), others.shape[-1] * rows.shape[-1], chunk_size)]
+    return joined(distances, dim=1).nan_to_num_(nan=math.inf, posinf=math.inf)
 
 
 class Operands(NamedTuple):
@@ -118,7 +134,7 @@ def gemm_operands(points: Points) -> Operands:
     tokens, centred; the offset f (`FAR` for non-finite tokens, zeroed, else 0) puts those farther from every token
     than any finite pair, yet leaves the chunks' padding (inf) farther still."""
     finite = points.finite[..., None]
-    values = points.values[..., :-1]
+    values = torch.where(finite, points.values, 0)
     centred = torch.where(finite, values - values.sum(1, keepdim=True) / finite.sum(1, keepdim=True), 0)  # 0 / 0: none
     norms = centred.square().sum(-1, keepdim=True)
     offset_norms = torch.where(finite, norms, FAR)
@@ -133,13 +149,17 @@ def rounded_operands(operands: Operands, dtype) -> Operands:
 
 
 def rounding_factor(operands) -> float:
-    """f such that `f (|x_i| + |x_j|)^2` bounds the rounding of the GEMM entry (i, j).
+    """f such that `f (|x_i| + |x_j|)^2` bounds the rounding of the GEMM entry (i, j), |x| the centred norms.
 
-    Centring and the C+2 term sums round by at most `(2C + 8) u (|x_i| + |x_j|)^2` (`u` the unit roundoff); the
-    `(1 - u)^2` divisor covers the centring's rounding when a norm is itself bounded through a distance.
+    Rounding the float64 operands to the GEMM's dtype (unit roundoff u) moves the entry by at most
+    `(2u + u^2) (|x_i| + |x_j|)^2`, and the GEMM's sum of m = C + 2 products by at most `gamma_m (1 + u)^2` times the
+    same, `gamma_m = m u / (1 - m u)` in any order of summation (docs/algorithm.md section 7.2); a relative 1e-6 more
+    covers the float64 centring and norms.
     """
     unit_roundoff = torch.finfo(operands.left.dtype).eps / 2
-    return (2 * (operands.left.shape[-1] - 2) + 8) * unit_roundoff / (1 - unit_roundoff) ** 2
+    terms = operands.left.shape[-1]
+    gamma = terms * unit_roundoff / (1 - terms * unit_roundoff)
+    return ((2 + unit_roundoff) * unit_roundoff + gamma * (1 + unit_roundoff) ** 2) * (1 + 1e-6)
 
 
 def rounding_bound(operands, row_norm, column_norm):
@@ -180,8 +200,8 @@ def smallest_distances(left, right, count: int, chunk_size=None):
     padding[:, -1] = math.inf  # padded columns are infinitely far from every row
     right = torch.cat([right, padding.expand(batch_size, -1, -1)], dim=1)
     blocks, positions, largest = [], [], []
-    for chunk in chunks(left.shape[1], num_tokens, left.device, chunk_size):
-        distances = torch.bmm(right, left[:, chunk].transpose(1, 2)).unflatten(1, (num_blocks, width))
+    for chunk_columns, in chunks((left.transpose(1, 2),), num_tokens, chunk_size, dim=2):
+        distances = torch.bmm(right, chunk_columns).unflatten(1, (num_blocks, width))
         chunk_blocks = distances.amin(2).topk(count, dim=1, largest=False, sorted=False).indices
         candidates = distances.gather(1, chunk_blocks[:, :, None].expand(-1, -1, width, -1)).flatten(1, 2)
         values, chunk_positions = candidates.topk(count, dim=1, largest=False, sorted=False)
@@ -301,9 +321,9 @@ def nearest_denser(operands, neighbours: Neighbours, rank, chunk_size=None):
     def search(operands, index):
         left, row_rank = (operands.left, rank) if index is None else (
             gather_tokens(operands.left, index), gather_tokens(rank, index))
-        found = [torch.bmm(left[:, chunk], operands.right.transpose(1, 2))
-                 .masked_fill_(rank[:, None, :] >= row_rank[:, chunk, None], math.inf).argmin(-1)
-                 for chunk in chunks(left.shape[1], rank.shape[1], left.device, chunk_size)]
+        found = [torch.bmm(chunk_left, operands.right.transpose(1, 2))
+                 .masked_fill_(rank[:, None, :] >= chunk_rank[..., None], math.inf).argmin(-1)
+                 for chunk_left, chunk_rank in chunks((left, row_rank), rank.shape[1], chunk_size)]
         return joined(found, dim=1), None
 
     answers = (neighbours.index.gather(-1, nearest_listed)[..., 0], ~certain.any(-1))
@@ -318,7 +338,7 @@ def rank_centres(points: Points, density, rank, denser, num_centres: int):
     largest of all, so scoring it `inf` ranks it exactly as the reference does.
     """
     denser_distance = exact_squared_distances(points, None, denser[..., None])[..., 0]
-    score = density * torch.sqrt(denser_distance / (points.values.shape[-1] - 1))
+    score = density * torch.sqrt(denser_distance / (points.values.shape[-1]))
     return torch.sort(score.masked_fill(rank == 0, math.inf), dim=1, descending=True, stable=True).indices[
         :, :num_centres]
 
@@ -327,7 +347,7 @@ def certified_centres(points: Points, precisions, num_centres: int, k: int, chun
     """Token indices (B, num_centres) of every image's centres, best first (3 steps 1-4), from certified chunked
     passes over the distances."""
     neighbours = nearest_neighbours(points, precisions, k, chunk_size)
-    density, rank = density_and_rank(neighbours.distance, points.finite, k, points.values.shape[-1] - 1)
+    density, rank = density_and_rank(neighbours.distance, points.finite, k, points.values.shape[-1])
     return rank_centres(points, density, rank, nearest_denser(precisions[-1], neighbours, rank, chunk_size),
                         num_centres)
 
@@ -339,7 +359,7 @@ def dense_centres(points: Points, num_centres: int, k: int):
     distances = torch.bmm(operands.left, operands.right.transpose(1, 2))
     listed = distances.topk(min(2 * k, distances.shape[-1]), dim=-1, largest=False, sorted=False).indices
     listed_distance = exact_squared_distances(points, None, listed)
-    density, rank = density_and_rank(listed_distance, points.finite, k, points.values.shape[-1] - 1)
+    density, rank = density_and_rank(listed_distance, points.finite, k, points.values.shape[-1])
     denser = distances.masked_fill(rank[:, None, :] >= rank[..., None], math.inf).argmin(-1)
     return rank_centres(points, density, rank, denser, num_centres), distances
 
@@ -363,8 +383,8 @@ def assign_to_centres(precisions, centres, counts, chunk_size=None) -> list:
         margin = 2 * rounding_bound(operands, operands.norm if index is None else gather_tokens(operands.norm, index),
                                     gather_tokens(operands.norm, candidates).amax(1, keepdim=True))
         left = operands.left if index is None else gather_tokens(operands.left, index)
-        distances = joined([torch.bmm(left[:, chunk], centre_columns)
-                            for chunk in chunks(left.shape[1], candidates.shape[1], left.device, chunk_size)], dim=1)
+        distances = joined([torch.bmm(chunk_left, centre_columns)
+                            for chunk_left, in chunks((left,), candidates.shape[1], chunk_size)], dim=1)
         nearest, close_call = [], torch.zeros_like(margin, dtype=torch.bool)
         for count in computed:
             nearest.append(distances[..., :count].argmin(-1))
@@ -540,15 +560,15 @@ def pooled_density_peaks(tokens: torch.Tensor, grid, cluster_counts, k: int = 5,
     with torch.autocast(device_type=tokens.device.type, enabled=False):
         tokens = tokens if tokens.dtype == torch.float64 else tokens.float()
         pooled = torch.nn.functional.adaptive_avg_pool2d(tokens.transpose(1, 2).unflatten(2, grid), cells)
-        pooled_points = exact_points(pooled.flatten(2).transpose(1, 2))
+        pooled = pooled.flatten(2).transpose(1, 2)
+        pooled_points = exact_points(pooled)
         if cells[0] * cells[1] <= DENSE_TOKENS:
             chosen = dense_centres(pooled_points, num_centres, min(k, cells[0] * cells[1]))[0]
         else:
             chosen = certified_centres(pooled_points, gemm_precisions(pooled_points, tokens.dtype), num_centres, k,
                                        chunk_size)
         # The chosen cell means first, then the tokens: every token joins the nearest of the first counts[s] rows.
-        candidates = exact_points(torch.cat([gather_tokens(pooled_points.values[..., :-1], chosen), tokens.double()],
-                                            dim=1))
+        candidates = exact_points(torch.cat([gather_tokens(pooled, chosen), tokens], dim=1))
         assignments = assign_to_centres(gemm_precisions(candidates, tokens.dtype), every_token(chosen), counts,
                                         chunk_size)
         centres = cell_middles(height, width, cells, tokens.device)[chosen]

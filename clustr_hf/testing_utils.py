@@ -33,6 +33,6 @@ def clustered_tokens(model, pixel_values, stage: int = 0) -> torch.Tensor:
     encoder = getattr(model, "clustr", model).encoder
     feature_map = pixel_values
     for earlier in encoder.stages[:stage]:
-        feature_map = earlier(feature_map)[0]
+        feature_map = earlier(feature_map)
     embeddings, _, _ = encoder.stages[stage].patch_embeddings(feature_map)
     return encoder.stages[stage].blocks[0].layer_norm_1(embeddings)
