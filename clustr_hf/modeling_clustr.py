@@ -15,8 +15,8 @@ from transformers.backbone_utils import BackboneMixin, filter_output_hidden_stat
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import logging, output_capturing
 from transformers.utils.generic import can_return_tuple
-from transformers.utils import output_capturing
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .clustering import DensityPeaks, capped_cluster_counts, cluster_counts, density_peaks, pooled_density_peaks
@@ -30,6 +30,13 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoBackbone": "modeling_clustr.ClusTRBackbone",
 }
 """The config.json auto_map of a saved ClusTR model: each Auto class finds its ClusTR class in the saved .py files."""
+
+logger = logging.get_logger(__name__)
+
+EXACT_CLUSTERING_WARNING_TOKENS = 16384
+"""Exact clustering of more tokens than this in one block (above 512x512 inputs) warns once and points to the pooled
+mode: one b2 block takes 3.5 s at 25,600 tokens (640x640) and 37 s at 65,536 (1024x1024) on 2 CPU threads, against
+0.1-0.3 s pooled (`benchmarks/exact_clustering_cost.py`)."""
 
 LEGACY_KEYS = {r"attention\.key_values\.": "attention.cluster_key_values."}
 """`from_pretrained`'s renaming of checkpoints saved before the clustered blocks' projections were named
@@ -131,6 +138,12 @@ class ClusTRClustering(nn.Module):
         if config.clustering_mode == "pooled":
             return pooled_density_peaks(tokens, (height, width), counts, config.cluster_num_neighbors,
                                         config.pooled_tokens_per_cluster, config.cluster_chunk_size)
+        if tokens.shape[1] > EXACT_CLUSTERING_WARNING_TOKENS and not torch.compiler.is_compiling():
+            logger.warning_once(
+                f"Exact clustering of {tokens.shape[1]} tokens per block ({height}x{width}) is slow: its cost grows with "
+                f"the square of the tokens (about 3.5 s per block at 640x640 on 2 CPU threads). For large images, load "
+                f"the model with `from_pretrained(..., clustering_mode=\"pooled\")`, whose cost grows linearly, or "
+                f"resize the inputs.")
         return density_peaks(tokens, counts, config.cluster_num_neighbors, config.cluster_chunk_size)
 
 

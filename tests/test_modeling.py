@@ -305,3 +305,21 @@ def test_checkpoints_with_the_former_key_values_names_load(tmp_path):
     loaded = ClusTRForImageClassification.from_pretrained(tmp_path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_exact_clustering_of_many_tokens_warns_once_and_names_the_pooled_mode(monkeypatch):
+    from transformers.testing_utils import CaptureLogger
+
+    from clustr_hf import modeling_clustr
+
+    monkeypatch.setattr(modeling_clustr, "EXACT_CLUSTERING_WARNING_TOKENS", 16 * 16 - 1)
+    pixel_values = photo("coffee", (64, 64))[None]  # 16 x 16 tokens in stage 1, fewer after
+    for mode, expected in [("pooled", ""), ("exact", "clustering_mode=\"pooled\""), ("exact", "")]:
+        model = ClusTRModel(tiny_config(clustering_mode=mode)).eval()
+        with CaptureLogger(modeling_clustr.logger) as captured, torch.no_grad():
+            model(pixel_values)
+        if expected:
+            assert "Exact clustering of 256 tokens per block (16x16) is slow" in captured.out
+            assert expected in captured.out
+        else:
+            assert captured.out == ""  # pooled mode never warns, and exact mode warns once per process
