@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""ClusTR against PVTv2 on Fashion-MNIST, trained the same way: test top-1, time per epoch and throughput (issue 8).
+"""ClusTR against PVTv2 on Fashion-MNIST, trained the same way: test top-1, time per epoch and throughput.
 
 Every run (a named model and a seed) is one run of `examples/run_image_classification_no_trainer.py` with the same
 recipe, data subset, data order, image size, epochs and batch size; only the model configuration differs. Runs are

@@ -15,7 +15,8 @@ Measurements left when --budget seconds have passed are skipped, so that the run
 
     python benchmarks/bench_gpu.py                        # about 8 minutes on one H100 / H200
     python benchmarks/bench_gpu.py --quick                # tiny sizes, any device: proves the script (tests run it)
-    python benchmarks/bench_gpu.py --device cpu --model b0 --train-batches 8 --inference 224x1 --budget 3600
+    python benchmarks/bench_gpu.py --device cpu --model b0 --models exact pooled pvt_v2 --train-batches 8 \
+        --inference 224x1 --budget 3600                   # compiled training on a CPU
 """
 
 import argparse
@@ -39,12 +40,11 @@ from reference_clustering import reference_density_peaks  # noqa: E402
 from transformers import PvtV2Config, PvtV2ForImageClassification  # noqa: E402
 
 
-FULL = dict(variant="b2", train_size=224, train_batches=(64, 128), inference=((224, 1), (224, 32), (448, 1), (640, 1),
+FULL = dict(variant="b2", models=("exact", "pooled", "reference", "pvt_v2"), train_size=224, train_batches=(64, 128), inference=((224, 1), (224, 32), (448, 1), (640, 1),
             (1024, 1)), check_sizes=(224, 448), num_labels=1000)
-QUICK = dict(variant="tiny", train_size=136, train_batches=(2,), inference=((64, 2), (136, 1)), check_sizes=(136,),
+QUICK = dict(variant="tiny", models=FULL["models"], train_size=136, train_batches=(2,), inference=((64, 2), (136, 1)), check_sizes=(136,),
              num_labels=10)
 TINY = dict(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 2, 3, 4], depths=[1, 1, 1, 1], mlp_ratios=[2] * 4)
-MODELS = ("exact", "pooled", "reference", "pvt_v2")
 TITLES = {"exact": "ClusTR exact", "pooled": "ClusTR pooled", "reference": "reference formulation",
           "pvt_v2": "PvtV2"}
 
@@ -107,7 +107,7 @@ def measure_in_turn(calls: dict, device, repeats: int, deadline: Deadline) -> di
 
 
 def build_models(settings, device) -> dict:
-    """The compared classifiers, random weights; the three ClusTR models share theirs."""
+    """The compared classifiers of `settings["models"]`, random weights; the ClusTR models share theirs."""
     torch.manual_seed(0)
     if settings["variant"] == "tiny":
         config = ClusTRConfig(**TINY, num_labels=settings["num_labels"])
@@ -121,8 +121,9 @@ def build_models(settings, device) -> dict:
     pooled.load_state_dict(exact.state_dict())
     reference = ClusTRForImageClassification(config).to(device)
     reference.load_state_dict(exact.state_dict())
-    return {"exact": exact, "pooled": pooled, "reference": reference, "pvt_v2": PvtV2ForImageClassification(
+    models = {"exact": exact, "pooled": pooled, "reference": reference, "pvt_v2": PvtV2ForImageClassification(
         pvt_config).to(device)}
+    return {name: models[name] for name in settings["models"]}
 
 
 def forward(name, model):
@@ -169,7 +170,7 @@ def device_matches_cpu(settings, device) -> dict:
     """Whether `density_peaks` on `device` gives the CPU's clusters of the four photos' stage-1 tokens, per size, with
     the default matmul precision and with TF32 (or the CPU's reduced float32 matmuls) allowed."""
     torch.manual_seed(0)
-    model = build_models(settings, torch.device("cpu"))["exact"]
+    model = build_models({**settings, "models": ("exact",)}, torch.device("cpu"))["exact"]
     checks = {}
     for size in settings["check_sizes"]:
         tokens = clustered_tokens(model, photo_batch((size, size), PHOTOS))
@@ -193,6 +194,8 @@ def settings_of(args) -> dict:
     settings = dict(QUICK if args.quick else FULL)
     if args.model:
         settings.update(variant=args.model)
+    if args.models:
+        settings.update(models=tuple(args.models))
     if args.train_batches:
         settings.update(train_batches=tuple(args.train_batches))
     if args.inference:
@@ -220,7 +223,7 @@ def run(args) -> dict:
             calls = {name: training_step(name, model, pixel_values, labels, compiled, args.compile_backend)
                      for name, model in models.items() if not (compiled and name == "reference")}
             row = measure_in_turn(calls, device, args.repeats, deadline)
-            if compiled:
+            if compiled and "reference" in models:
                 row["reference"] = {"skipped": "not compiled: a Python loop over images"}
             for result in row.values():
                 if "seconds" in result:
@@ -241,10 +244,11 @@ def cell(result) -> str:
 def print_report(report):
     settings = report["settings"]
     print(f"{report['device']}, torch {report['torch']}; {settings['variant']} models, bfloat16 autocast")
-    print("\n| | " + " | ".join(f"{TITLES[name]}-{settings['variant']}" for name in MODELS) + " |")
-    print("|---|" + "---|" * len(MODELS))
+    models = settings["models"]
+    print("\n| | " + " | ".join(f"{TITLES[name]}-{settings['variant']}" for name in models) + " |")
+    print("|---|" + "---|" * len(models))
     for label, row in report["rows"].items():
-        print(f"| {label} | " + " | ".join(cell(row[name]) for name in MODELS) + " |")
+        print(f"| {label} | " + " | ".join(cell(row[name]) for name in models) + " |")
     compile_seconds = {f"{name}, batch {label.split()[2]}": result["first_seconds"]
                        for label, row in report["rows"].items() if label.endswith("compiled")
                        for name, result in row.items() if "first_seconds" in result}
@@ -264,6 +268,7 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=480, help="seconds after which measurements are skipped")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no codegen)")
     parser.add_argument("--model", choices=sorted(PVT_V2_CONFIGS), help="another variant than b2 (tiny with --quick)")
+    parser.add_argument("--models", nargs="+", choices=FULL["models"], help="the models compared (default: all four)")
     parser.add_argument("--train-batches", type=int, nargs="+", help="training batch sizes (default 64 128)")
     parser.add_argument("--inference", nargs="+", metavar="SIZExBATCH",
                         help="inference sizes and batches (default 224x1 224x32 448x1 640x1 1024x1)")

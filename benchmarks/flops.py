@@ -1,4 +1,4 @@
-"""Honest multiply-add count of ClusTR: both attention scales and the clustering (issue 4).
+"""Honest multiply-add count of ClusTR: both attention scales and the clustering.
 
 The paper reports 2.15 / 4.8 / 7.48 GFLOPs for b1 / b2 / b3 at 224x224, counting only the coarse-scale attention and
 no clustering (docs/algorithm.md section 4). Per image, in multiply-adds (the convention of those figures: one fused

@@ -4,7 +4,7 @@ Profiles one forward of ClusTR (random weights, real photos, eval, fp32, batch 4
 `clustr_hf.clustering` is wrapped in a `record_function` range, so the first table splits the clustering's time into
 its passes (nested: a pass's total includes the steps it calls); the second lists the operators by self time.
 Printed next to them: the distance GEMMs alone (one (B, N, N) product per clustered block), the budget of the
-issue's target (1.3x those GEMMs). With --per-block, first a table of every clustered block: its clustering timed
+clustering's target (1.3x those GEMMs). With --per-block, first a table of every clustered block: its clustering timed
 on the tokens it clusters in the forward, against the bare distance GEMM of the same tokens (median of --repeats).
 
     python benchmarks/profile_clustering.py [--model b2] [--size 224] [--threads 2] [--per-block]

@@ -27,7 +27,7 @@ def test_every_row_is_measured_for_every_model(report, capsys):
     assert list(rows) == ["inference 64 batch 2", "inference 136 batch 1", "training batch 2",
                           "training batch 2 compiled"]
     for label, row in rows.items():
-        assert set(row) == set(bench_gpu.MODELS), label
+        assert set(row) == set(bench_gpu.FULL["models"]), label
         for name, result in row.items():
             if label.endswith("compiled") and name == "reference":
                 assert result == {"skipped": "not compiled: a Python loop over images"}
