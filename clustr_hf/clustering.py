@@ -378,13 +378,9 @@ def assign_to_centres(precisions, centres, counts, chunk_size=None) -> list:
         return [torch.zeros_like(first.norm, dtype=torch.long) for _ in counts]
     candidates = centres[:, : max(computed)]
 
-    def decide(operands, index):
-        centre_columns = gather_tokens(operands.right, candidates).transpose(1, 2)
-        margin = 2 * rounding_bound(operands, operands.norm if index is None else gather_tokens(operands.norm, index),
-                                    gather_tokens(operands.norm, candidates).amax(1, keepdim=True))
-        left = operands.left if index is None else gather_tokens(operands.left, index)
-        distances = joined([torch.bmm(chunk_left, centre_columns)
-                            for chunk_left, in chunks((left,), candidates.shape[1], chunk_size)], dim=1)
+    def nearest_of_chunk(operands, left, norm, centre_columns, centre_norm):
+        distances = torch.bmm(left, centre_columns)
+        margin = 2 * rounding_bound(operands, norm, centre_norm)
         nearest, close_call = [], torch.zeros_like(margin, dtype=torch.bool)
         for count in computed:
             nearest.append(distances[..., :count].argmin(-1))
@@ -392,6 +388,15 @@ def assign_to_centres(precisions, centres, counts, chunk_size=None) -> list:
                 two = distances[..., :count].topk(2, dim=-1, largest=False).values
                 close_call |= two[..., 1] - two[..., 0] <= margin
         return torch.stack(nearest, dim=-1), close_call
+
+    def decide(operands, index):
+        centre_columns = gather_tokens(operands.right, candidates).transpose(1, 2)
+        centre_norm = gather_tokens(operands.norm, candidates).amax(1, keepdim=True)
+        left, norm = (operands.left, operands.norm) if index is None else (
+            gather_tokens(operands.left, index), gather_tokens(operands.norm, index))
+        answers = [nearest_of_chunk(operands, chunk_left, chunk_norm, centre_columns, centre_norm)
+                   for chunk_left, chunk_norm in chunks((left, norm), candidates.shape[1], chunk_size)]
+        return tuple(joined(parts, dim=1) for parts in zip(*answers))
 
     answers = decide(first, None)
     if exact:
