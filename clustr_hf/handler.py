@@ -14,6 +14,10 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 
+PROCESSOR_MODES = ("RGB", "RGBA", "L", "I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""PIL modes the image processor reads itself: RGBA composited onto white, 16-bit and float pixels scaled to 8 bits
+(PIL's convert("RGB") would drop the alpha and clip deep pixels to white or black). Others are converted to RGB."""
+
 _ACCEPTED = (
     'send the image file itself as the request body (Content-Type image/jpeg, image/png, ...), or JSON '
     '{"inputs": "<base64 of the image file>"}'
@@ -21,10 +25,10 @@ _ACCEPTED = (
 
 
 def decode_image(inputs) -> PIL.Image.Image:
-    """The RGB image in `inputs`: a PIL image, the bytes of an image file, or those bytes base64-encoded (optionally
+    """The image in `inputs`, in one of the `PROCESSOR_MODES`: a PIL image, the bytes of an image file, or those bytes base64-encoded (optionally
     as a `data:image/...;base64,` URL; line breaks, as MIME base64 has them, are ignored)."""
     if isinstance(inputs, PIL.Image.Image):
-        return inputs.convert("RGB")
+        return for_processor(inputs)
     if isinstance(inputs, str):
         encoded = inputs
         if inputs.startswith("data:"):
@@ -48,7 +52,8 @@ def decode_image(inputs) -> PIL.Image.Image:
             limit = PIL.Image.MAX_IMAGE_PIXELS
             if limit is not None and image.width * image.height > limit:  # PIL itself only warns up to twice that
                 raise PIL.Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
-            return image.convert("RGB")
+            image.load()
+            return for_processor(image)
     except PIL.Image.DecompressionBombError as error:
         raise ValueError(
             f"'inputs' is an image too large to decode safely, above PIL's limit of {PIL.Image.MAX_IMAGE_PIXELS:,} "
@@ -59,6 +64,11 @@ def decode_image(inputs) -> PIL.Image.Image:
             f"'inputs' ({len(inputs)} bytes, starting {bytes(inputs[:8])!r}) is not an image file PIL can read "
             f"({error}); {_ACCEPTED}."
         ) from error
+
+
+def for_processor(image: PIL.Image.Image) -> PIL.Image.Image:
+    """`image` as the image processor should get it: as it is in one of the `PROCESSOR_MODES`, else in RGB."""
+    return image if image.mode in PROCESSOR_MODES else image.convert("RGB")
 
 
 class EndpointHandler:

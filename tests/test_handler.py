@@ -9,6 +9,7 @@ import PIL.Image
 import pytest
 from skimage import data
 
+from clustr_hf import ClusTRImageProcessor
 from clustr_hf.handler import decode_image
 
 
@@ -39,3 +40,18 @@ def test_an_image_above_the_pixel_limit_is_refused_with_the_limit(png, monkeypat
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(ValueError, match=f"too large to decode safely, above PIL's limit of {limit:,} pixels"):
         decode_image(png)
+
+
+def test_16_bit_and_transparent_images_reach_the_processor_as_the_pipeline_gives_them():
+    """PIL's convert("RGB") clips 16-bit pixels to white and drops alpha; the processor scales and composites them."""
+    photo = data.camera()[::8, ::8].astype(np.uint16) * 257  # the full 16-bit range
+    rgba = np.dstack([data.chelsea()[::8, ::8], np.full(data.chelsea()[::8, ::8].shape[:2], 128, np.uint8)])
+    processor = ClusTRImageProcessor(size=32)
+    for image in (PIL.Image.fromarray(photo), PIL.Image.fromarray(rgba)):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        decoded = decode_image(buffer.getvalue())
+        assert decoded.mode == image.mode
+        expected = processor(image, return_tensors="pt").pixel_values
+        assert np.array_equal(processor(decoded, return_tensors="pt").pixel_values, expected)
+        assert not np.array_equal(processor(image.convert("RGB"), return_tensors="pt").pixel_values, expected)

@@ -1,5 +1,6 @@
-"""The README's "Hugging Face usage" code runs and prints what its comments say (the export block excepted:
-tests/test_export.py makes the same calls on a tiny model, since exporting b0 takes minutes)."""
+"""The README's "Hugging Face usage" code runs and prints what its comments say (the compile and export blocks
+excepted: tests/test_compile_and_mixed_precision.py and tests/test_export.py make the same calls on a tiny model, since
+compiling or exporting b0 takes minutes)."""
 
 import contextlib
 import io
@@ -17,8 +18,9 @@ def python_blocks() -> list[str]:
 
 def test_hugging_face_usage_runs_and_prints_what_it_claims(tmp_path, monkeypatch):
     blocks = python_blocks()
-    assert len(blocks) == 5 and "torch.export.export" in blocks[-1]
-    code = "\n".join(blocks[:-1])
+    assert len(blocks) == 6 and "torch.compile(model, dynamic=False)" in blocks[-2]
+    assert "torch.export.export" in blocks[-1]
+    code = "\n".join(blocks[:-2])
     monkeypatch.chdir(tmp_path)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
