@@ -40,10 +40,10 @@ from reference_clustering import reference_density_peaks  # noqa: E402
 from transformers import PvtV2Config, PvtV2ForImageClassification  # noqa: E402
 
 
-FULL = dict(variant="b2", models=("exact", "pooled", "reference", "pvt_v2"), train_size=224, train_batches=(64, 128), inference=((224, 1), (224, 32), (448, 1), (640, 1),
-            (1024, 1)), check_sizes=(224, 448), num_labels=1000)
-QUICK = dict(variant="tiny", models=FULL["models"], train_size=136, train_batches=(2,), inference=((64, 2), (136, 1)), check_sizes=(136,),
-             num_labels=10)
+FULL = dict(variant="b2", models=("exact", "pooled", "reference", "pvt_v2"), train_size=224, train_batches=(64, 128),
+            inference=((224, 1), (224, 32), (448, 1), (640, 1), (1024, 1)), check_sizes=(224, 448), num_labels=1000)
+QUICK = dict(variant="tiny", models=FULL["models"], train_size=136, train_batches=(2,), inference=((64, 2), (136, 1)),
+             check_sizes=(136,), num_labels=10)
 TINY = dict(hidden_sizes=[8, 16, 24, 32], num_attention_heads=[1, 2, 3, 4], depths=[1, 1, 1, 1], mlp_ratios=[2] * 4)
 TITLES = {"exact": "ClusTR exact", "pooled": "ClusTR pooled", "reference": "reference formulation",
           "pvt_v2": "PvtV2"}

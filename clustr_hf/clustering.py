@@ -63,7 +63,8 @@ def chunks(tensors: tuple, row_length: int, chunk_size: int | None, dim: int = 1
     distances, 1.4x faster than 668), on an accelerator 32 MB (few, large GEMMs). Other row counts slow the GEMM and
     the reductions (255 rows: 1.3x the time of 256). One chunk is the tensors themselves."""
     like = tensors[0]
-    size = chunk_size or max(1, (4_000_000 if like.device.type == "cpu" else 2**25) // (row_length * like.element_size()))
+    budget = 4_000_000 if like.device.type == "cpu" else 2**25
+    size = chunk_size or max(1, budget // (row_length * like.element_size()))
     size = size if chunk_size or size < 64 else size // 64 * 64
     num_rows = like.shape[dim]
     if size >= num_rows:

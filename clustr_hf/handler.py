@@ -25,8 +25,8 @@ _ACCEPTED = (
 
 
 def decode_image(inputs) -> PIL.Image.Image:
-    """The image in `inputs`, in one of the `PROCESSOR_MODES`: a PIL image, the bytes of an image file, or those bytes base64-encoded (optionally
-    as a `data:image/...;base64,` URL; line breaks, as MIME base64 has them, are ignored)."""
+    """The image in `inputs` (see `for_processor`): a PIL image, the bytes of an image file, or those bytes
+    base64-encoded (optionally as a `data:image/...;base64,` URL; line breaks, as MIME base64 has them, are ignored)."""
     if isinstance(inputs, PIL.Image.Image):
         return for_processor(inputs)
     if isinstance(inputs, str):

@@ -140,10 +140,10 @@ class ClusTRClustering(nn.Module):
                                         config.pooled_tokens_per_cluster, config.cluster_chunk_size)
         if tokens.shape[1] > EXACT_CLUSTERING_WARNING_TOKENS and not torch.compiler.is_compiling():
             logger.warning_once(
-                f"Exact clustering of {tokens.shape[1]} tokens per block ({height}x{width}) is slow: its cost grows with "
-                f"the square of the tokens (about 3.5 s per block at 640x640 on 2 CPU threads). For large images, load "
-                f"the model with `from_pretrained(..., clustering_mode=\"pooled\")`, whose cost grows linearly, or "
-                f"resize the inputs.")
+                f"Exact clustering of {tokens.shape[1]} tokens per block (a {height}x{width} grid) is slow: its cost "
+                f"grows with the square of the tokens (about 3.5 s per block at 640x640 on 2 CPU threads). For large "
+                f"images, load the model with `from_pretrained(..., clustering_mode=\"pooled\")`, whose cost grows "
+                f"linearly, or resize the inputs.")
         return density_peaks(tokens, counts, config.cluster_num_neighbors, config.cluster_chunk_size)
 
 

@@ -319,7 +319,7 @@ def test_exact_clustering_of_many_tokens_warns_once_and_names_the_pooled_mode(mo
         with CaptureLogger(modeling_clustr.logger) as captured, torch.no_grad():
             model(pixel_values)
         if expected:
-            assert "Exact clustering of 256 tokens per block (16x16) is slow" in captured.out
+            assert "Exact clustering of 256 tokens per block (a 16x16 grid) is slow" in captured.out
             assert expected in captured.out
         else:
             assert captured.out == ""  # pooled mode never warns, and exact mode warns once per process
