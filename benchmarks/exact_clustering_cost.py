@@ -10,7 +10,6 @@ compares every token with every other, so its time grows like N^2; the model war
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,15 +18,10 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from bench_speed import Memory  # noqa: E402
 from clustr_hf import ClusTRConfig, ClusTRModel  # noqa: E402
 from clustr_hf.clustering import capped_cluster_counts, cluster_counts, density_peaks, pooled_density_peaks  # noqa: E402
 from clustr_hf.testing_utils import clustered_tokens, photo_batch  # noqa: E402
-
-
-def seconds_of(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def main(argv=None):
@@ -40,13 +34,14 @@ def main(argv=None):
     config = ClusTRConfig.from_variant("b2")
     model = ClusTRModel(config).eval()
     ratio, scales = config.cluster_reduction_ratios[0], config.cluster_scales
+    seconds_of = Memory(torch.device("cpu")).measure  # (wall seconds, None: no memory reading)
     print(f"{'input':>9} {'tokens N':>9} {'exact s':>8} {'pooled s':>9}   (one image, b2 stage 1, {args.threads} threads)")
     for size in args.sizes:
         tokens = clustered_tokens(model, photo_batch((size, size), ("astronaut",)))
         grid = (-(-size // 4),) * 2
-        exact = seconds_of(lambda: density_peaks(tokens, cluster_counts(tokens.shape[1], ratio, scales)))
+        exact, _ = seconds_of(lambda: density_peaks(tokens, cluster_counts(tokens.shape[1], ratio, scales)))
         counts = capped_cluster_counts(tokens.shape[1], ratio, scales, config.pooled_max_clusters)
-        pooled = seconds_of(lambda: pooled_density_peaks(tokens, grid, counts, tokens_per_cluster=4))
+        pooled, _ = seconds_of(lambda: pooled_density_peaks(tokens, grid, counts, tokens_per_cluster=4))
         print(f"{size:>4}x{size:<4} {tokens.shape[1]:>9} {exact:>8.2f} {pooled:>9.2f}", flush=True)
 
 
