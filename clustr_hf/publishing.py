@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import transformers
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard, SpaceCardData, get_token
+from packaging.requirements import Requirement
 from safetensors import SafetensorError, safe_open
 from transformers import AutoImageProcessor
 from transformers.image_utils import PILImageResampling
@@ -66,8 +66,6 @@ WIDGET_EXAMPLES = [
 """The card's `widget:` photos (the Hub's usual image-classification examples)."""
 APP_MODEL_LINE = 'DEFAULT_MODEL = "outputs/demo"'
 """The line of examples/app.py that names its model; a Space's copy names the model repository there."""
-SPACE_REQUIREMENTS = ("torch>=2.6,<3", "torchvision>=0.21,<1", "matplotlib>=3.8", "scikit-image>=0.24")
-"""What the Space's app needs besides gradio (the Space's sdk_version) and transformers (pinned like the model's)."""
 
 
 class PublishError(RuntimeError):
@@ -82,10 +80,30 @@ def variant_of(config: ClusTRConfig) -> str | None:
     return None
 
 
-def transformers_requirement() -> str:
-    """The transformers versions the saved code is meant for: this major version, from this minor version on."""
-    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
-    return f">={major}.{minor},<{major + 1}"
+def declared_requirements(extra: str | None = None) -> dict[str, str]:
+    """The version ranges clustr_hf declares (setup.py's install_requires, or those of one extra), as
+    {name: ">=low,<high"}: what published files state, whatever versions happen to be installed."""
+    try:
+        declared = importlib.metadata.requires("clustr_hf") or []
+    except importlib.metadata.PackageNotFoundError as error:
+        raise ImportError("Publishing states the requirements clustr_hf declares: install it (pip install -e .)"
+                          ) from error
+    environment = {"extra": extra or ""}
+    ranges = {}
+    for line in declared:
+        requirement = Requirement(line)
+        in_extra = requirement.marker is not None and requirement.marker.evaluate(environment)
+        if (requirement.marker is None and extra is None) or (extra is not None and in_extra):
+            ranges[requirement.name] = ",".join(sorted(map(str, requirement.specifier), key=lambda s: s[0] != ">"))
+    return ranges
+
+
+def space_requirements() -> list[str]:
+    """requirements.txt of a Space: the model's torch, torchvision and transformers ranges and the app's extras
+    (gradio comes from the Space's sdk_version)."""
+    model, app = declared_requirements(), declared_requirements("app")
+    return [f"{name}{model[name]}" for name in ("transformers", "torch", "torchvision")] + [
+        f"{name}{spec}" for name, spec in app.items() if name != "gradio"]
 
 
 def read_measured_results(folder: Path) -> tuple[str, dict] | tuple[None, None]:
@@ -216,7 +234,8 @@ def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_i
         conversion_variant=variant if variant in PAPER_GFLOPS else "b2",
         input_description=input_description, dataset_split=EVAL_SPLIT, training=training,
         results=[dict(row, value=f"{row['value']:.4f} ({100 * row['value']:.2f}%)") for row in results],
-        results_file=results_file, space_id=space_id, transformers_requirement=transformers_requirement(),
+        results_file=results_file, space_id=space_id,
+        transformers_requirement=declared_requirements()["transformers"],
     )
 
 
@@ -390,7 +409,7 @@ def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None
         card.save(staging / "README.md")
         shutil.copyfile(HANDLER_PATH, staging / "handler.py")
         shutil.copyfile(VISUALIZATION_PATH, staging / "visualization.py")
-        (staging / "requirements.txt").write_text(f"transformers{transformers_requirement()}\n")
+        (staging / "requirements.txt").write_text(f"transformers{declared_requirements()['transformers']}\n")
         if results_file:
             shutil.copyfile(source / results_file, staging / results_file)
         check_remote_code(staging)
@@ -429,7 +448,7 @@ def assemble_space_folder(app_path, output_dir, *, space_id: str, repo_id: str) 
     with atomic_folder(output_dir) as staging:
         (staging / "app.py").write_text(app.replace(APP_MODEL_LINE, f"DEFAULT_MODEL = {json.dumps(repo_id)}"))
         (staging / "requirements.txt").write_text(
-            "\n".join([f"transformers{transformers_requirement()}", *SPACE_REQUIREMENTS]) + "\n")
+            "\n".join(space_requirements()) + "\n")
         card.save(staging / "README.md")
     return output_dir
 
