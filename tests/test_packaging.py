@@ -1,11 +1,22 @@
-"""The package metadata builds without setuptools' deprecation warnings (a user reads them as trouble)."""
+"""The package metadata builds cleanly, and the lock (constraints.txt) that `make` installs from satisfies it."""
 
+import importlib.metadata
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 
 REPO = Path(__file__).resolve().parents[1]
+LOCK = REPO / "constraints.txt"
+
+
+def locked_versions() -> dict[str, str]:
+    pins = [line.split("==") for line in LOCK.read_text().splitlines() if line and not line.startswith("#")]
+    return {canonicalize_name(name): version for name, version in pins}
 
 
 def test_setup_metadata_builds_without_warnings():
@@ -14,3 +25,32 @@ def test_setup_metadata_builds_without_warnings():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["clustr_hf", "Apache-2.0"]
     assert "Warning" not in result.stderr
+
+
+def test_the_lock_pins_every_package_within_the_declared_ranges():
+    """Every requirement of the package and of the extras make installs is locked, at a version its range allows."""
+    locked = locked_versions()
+    assert all(re.fullmatch(r"[0-9][0-9A-Za-z.+!-]*", version) for version in locked.values())
+    for line in importlib.metadata.requires("clustr_hf"):
+        requirement = Requirement(line)
+        if requirement.marker and not any(requirement.marker.evaluate({"extra": extra}) for extra in ("dev", "app")):
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{requirement.name} is not in constraints.txt: run make lock"
+        assert requirement.specifier.contains(locked[name], prereleases=True), (line, locked[name])
+    assert {"pip", "setuptools"} <= set(locked)
+
+
+def test_the_environment_is_the_lock():
+    """What runs the tests is what the lock says (make installs it; a hand-installed upgrade shows up here)."""
+    locked = locked_versions()
+    for name in ("torch", "transformers", "accelerate", "datasets", "huggingface-hub", "gradio", "safetensors"):
+        assert importlib.metadata.version(name) == locked[name], name
+
+
+def test_readme_states_the_locked_versions():
+    stated = re.findall(r"`([A-Za-z0-9_.-]+)==([^`]+)`", (REPO / "README.md").read_text())
+    assert len(stated) >= 5
+    locked = locked_versions()
+    for name, version in stated:
+        assert locked.get(canonicalize_name(name)) == version, f"README says {name}=={version}; the lock says otherwise"
