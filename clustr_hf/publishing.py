@@ -476,8 +476,8 @@ def folder_card(source: Path, repo_id: str, *, dataset: str | None = None, space
     """The classifier in `source`, its image processor, its card, and what the Hub folder publishes beside them: the
     results file's name and cleaned contents (`public_results`) and the example images."""
     model, image_processor = load_classifier(source)
-    results_file, results = read_measured_results(source)
-    results = with_recorded_data(results, dataset, source / results_file) if results_file else {}
+    results_file, recorded = read_measured_results(source)
+    results = with_recorded_data(recorded, dataset, source / results_file) if results_file else {}
     examples = example_images(source, results)
     card = render_card(
         model.config, image_processor, card_kind="folder", repo_id=repo_id,
@@ -485,7 +485,7 @@ def folder_card(source: Path, repo_id: str, *, dataset: str | None = None, space
         results=accuracy_results(results, results_file), results_file=results_file, measured=results,
         examples=examples, space_id=space_id,
     )
-    return model, image_processor, card, results_file, public_results(results), examples
+    return model, image_processor, card, results_file, public_results(recorded or {}), examples
 
 
 def write_run_card(folder, repo_id: str) -> Path:

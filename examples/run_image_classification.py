@@ -198,7 +198,8 @@ def main(argv=None) -> dict:
         metrics.update(eval_metrics)
 
     record = run_record(
-        model_args, data_args, recipe_args, dataset, model.config, image_processor, learning_rate=training_args.learning_rate, lr_scheduler_type=str(training_args.lr_scheduler_type.value),
+        model_args, data_args, recipe_args, dataset, model.config, image_processor,
+        learning_rate=training_args.learning_rate, lr_scheduler_type=str(training_args.lr_scheduler_type.value),
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps, total_train_batch_size=total_batch_size,
         num_train_epochs=trainer.state.num_train_epochs, max_steps=trainer.state.max_steps,
