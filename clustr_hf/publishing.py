@@ -37,8 +37,6 @@ VISUALIZATION_PATH = Path(__file__).with_name("visualization.py")
 RESULTS_FILES = ("all_results.json", "eval_results.json")
 """Where a trained folder's measured figures are read from (our training script's, then Trainer's name)."""
 RECIPE_DATASET = "ILSVRC/imagenet-1k"
-EVAL_SPLIT = "validation"
-"""The split a trained folder's results were measured on (the training script evaluates on `validation`)."""
 LICENSE = "apache-2.0"
 TAGS = ["vision", "image-classification", "clustr", "custom_code"]
 ARCHITECTURE_FIELDS = (
@@ -59,11 +57,9 @@ VARIANT_NOTES = {
 HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "handler.py",
              "requirements.txt")
 SPACE_FILES = ("app.py", "requirements.txt", "README.md")
-WIDGET_EXAMPLES = [
-    {"src": f"https://huggingface.co/datasets/mishig/sample_images/resolve/main/{name}.jpg", "example_title": title}
-    for name, title in (("tiger", "Tiger"), ("teapot", "Teapot"), ("palace", "Palace"))
-]
-"""The card's `widget:` photos (the Hub's usual image-classification examples)."""
+PUBLIC_RECORD_KEYS = ("data", "from_scratch", "base_model", "base_model_is_local", "base_model_data",
+                      "hyperparameters", "example_images")
+"""The run record's entries a published results file keeps besides the numbers (local paths shortened)."""
 APP_MODEL_LINE = 'DEFAULT_MODEL = "outputs/demo"'
 """The line of examples/app.py that names its model; a Space's copy names the model repository there."""
 
@@ -107,9 +103,13 @@ def space_requirements() -> list[str]:
 
 
 def read_measured_results(folder: Path) -> tuple[str, dict] | tuple[None, None]:
-    """The first results file in `folder` (see RESULTS_FILES) and its contents, or (None, None)."""
+    """The first results file in `folder` (see RESULTS_FILES) and its contents, or (None, None). Only a regular file
+    is read: a symbolic link could publish any file of the machine."""
     for name in RESULTS_FILES:
         path = folder / name
+        if path.is_symlink():
+            raise ValueError(f"{path} is a symbolic link (to {path.readlink()}); publishing reads only regular files "
+                             f"of the folder. Replace the link with a copy of the file.")
         if path.is_file():
             try:
                 return name, json.loads(path.read_text())
@@ -162,64 +162,153 @@ def describe_flops(image_size: tuple[int, int], variant: str | None) -> str:
 
 
 def local_folder_name(path: str) -> str:
-    """A local data folder as the card names it: its last two path parts (the machine's absolute path says nothing to
-    a reader and may say too much about the publisher)."""
+    """A local folder as the card names it: its last two path parts (the machine's absolute path says nothing to a
+    reader and may say too much about the publisher)."""
     return "/".join(Path(path).parts[-2:])
 
 
-def training_record(results: dict, dataset: str | None) -> dict:
-    """What the card says about how the weights were trained and evaluated, from the results file the training scripts
-    write (all_results.json: eval_samples, train_samples, dataset, data_dirs, base_model, hyperparameters; absent
-    in older folders): the evaluation data, the starting point and the settings."""
-    data_dirs = results.get("data_dirs") or {}
-    base_model = results.get("base_model")
-    hyperparameters = results.get("hyperparameters") or {}
-    if base_model is None:
-        start = None
-    elif base_model in VARIANTS:
-        start = f"trained from scratch (the {base_model} architecture, randomly initialised)"
+def public_data(data: dict | None) -> dict | None:
+    """A data record (see examples/training_utils.py, data_record) with its local folders by their last two parts."""
+    if not data:
+        return data
+    data = dict(data)
+    if data.get("kind") == "local" and data.get("name"):
+        data["name"] = local_folder_name(data["name"])
+    if data.get("validation_dir"):
+        data["validation_dir"] = local_folder_name(data["validation_dir"])
+    return data
+
+
+def public_results(results: dict) -> dict:
+    """The results file as published: its numbers and the run record (PUBLIC_RECORD_KEYS), with local folders by
+    their last two parts; other entries, which may hold local paths, are left out."""
+    public = {key: value for key, value in results.items()
+              if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    for key in PUBLIC_RECORD_KEYS:
+        if key in results:
+            public[key] = results[key]
+    public["data"] = public_data(results.get("data"))
+    public["base_model_data"] = public_data(results.get("base_model_data"))
+    if results.get("base_model_is_local") and results.get("base_model"):
+        public["base_model"] = local_folder_name(results["base_model"])
+    return {key: value for key, value in public.items() if key in results}
+
+
+def describe_data(data: dict) -> dict:
+    """The card's words for a data record: `source` (what the data is and where it comes from), `evaluation` (the
+    images evaluated on) and `training` (the images trained on)."""
+    data = public_data(data)
+    if data["kind"] == "hub":
+        source = f"the Hub dataset `{data['name']}`" + (f" (configuration `{data['config']}`)" if data.get("config")
+                                                         else "")
+    elif data["kind"] == "bundled":
+        source = f"{data['name']} ({data['about']})"
     else:
-        start = f"fine-tuned from `{base_model}`"
+        source = f"the local data folder `{data['name']}`, which is not on the Hub"
+    held_out = data.get("held_out_fraction")
+    if data.get("validation_dir"):
+        evaluation = f"the local image folder `{data['validation_dir']}`, which is not on the Hub"
+    elif data.get("evaluation_split"):
+        evaluation = f"the `{data['evaluation_split']}` split of {source}"
+    elif held_out:
+        evaluation = f"a random {held_out:.0%} of the `train` split of {source}, held out from training"
+    else:
+        evaluation = f"{source} (which split was not recorded)"
+    if data["kind"] == "local":
+        training = source + (f", less the {held_out:.0%} held out" if held_out and not data.get("evaluation_split")
+                             else "")
+    else:
+        training = f"the `train` split of {source}" + (", less the part held out" if held_out else "")
+    return {"source": source, "evaluation": evaluation, "training": training}
+
+
+def eval_dataset_fields(data: dict) -> tuple[str, str, str | None]:
+    """The model-index's dataset (type, name, split) of a data record: the Hub id for Hub data, otherwise a type
+    that names no Hub dataset falsely ('imagefolder' for local folders, the bundled set's name as a slug)."""
+    data = public_data(data)
+    split = data.get("evaluation_split") if not data.get("validation_dir") else None
+    if data["kind"] == "hub":
+        return data["name"], data["name"], split
+    if data["kind"] == "bundled":
+        return re.sub(r"[^a-z0-9]+", "-", data["name"].lower()).strip("-"), data["name"], split
+    return "imagefolder", f"{data.get('validation_dir') or data['name']} (local data folder)", split
+
+
+def training_record(results: dict, variant: str | None) -> dict:
+    """What the card says about how the weights were trained and evaluated, from the run record the training scripts
+    write into all_results.json (data, sample counts, start, hyperparameters; absent in other results files)."""
+    data = results.get("data")
+    if "from_scratch" not in results:
+        start = None
+    elif results["from_scratch"]:
+        start = "trained from scratch (randomly initialised" + (f", the {variant} architecture)" if variant else ")")
+    elif results.get("base_model_is_local"):
+        start = (f"fine-tuned from a model in a local folder (`{local_folder_name(results['base_model'])}`) that is "
+                 f"not on the Hub")
+        if results.get("base_model_data"):
+            start += f", itself trained on {describe_data(results['base_model_data'])['training']}"
+    else:
+        start = f"fine-tuned from [`{results['base_model']}`](https://huggingface.co/{results['base_model']})"
+    hyperparameters = results.get("hyperparameters") or {}
     return {
-        "dataset": dataset,
-        "eval_folder": local_folder_name(data_dirs["validation"]) if data_dirs.get("validation") else None,
-        "train_folder": local_folder_name(data_dirs["train"]) if data_dirs.get("train") else None,
+        "data": describe_data(data) if data else None,
         "eval_samples": results.get("eval_samples"),
         "train_samples": results.get("train_samples"),
         "start": start,
-        "hyperparameters": [(name, json.dumps(value)) for name, value in hyperparameters.items()],
+        "hyperparameters": [(name, json.dumps(value)) for name, value in hyperparameters.items()
+                            if value is not None],
     }
 
 
 def hub_base_model(results: dict) -> str | None:
-    """The base model for the card's metadata: only a Hub repository id (a variant name or a local folder is named
-    in the text only)."""
-    base_model = results.get("base_model")
-    hub_id = isinstance(base_model, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", base_model)
-    return base_model if hub_id and not Path(base_model).exists() else None
+    """The base model for the card's metadata: only a Hub repository id (a local folder is named in the text only)."""
+    if results.get("from_scratch") is False and not results.get("base_model_is_local"):
+        return results.get("base_model")
+    return None
+
+
+def example_images(source: Path, results: dict) -> list[dict]:
+    """The run's example images (all_results.json's `example_images`: files of the validation data the training
+    script saved in the folder), checked to be regular files inside `source`."""
+    examples = results.get("example_images") or []
+    for example in examples:
+        path = source / example["file"]
+        if Path(example["file"]).is_absolute() or ".." in Path(example["file"]).parts or path.is_symlink() or \
+                not path.is_file():
+            raise ValueError(f"{path}, an example image all_results.json names, is not a regular file inside {source};"
+                             f" restore it, or remove its entry from `example_images`.")
+    return examples
 
 
 def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_id: str, num_parameters: int,
                 dataset: str | None = None, results: list[dict] = (), results_file: str | None = None,
-                measured: dict | None = None, space_id: str | None = None) -> ModelCard:
+                measured: dict | None = None, examples: list[dict] = (), space_id: str | None = None) -> ModelCard:
     """The model card from the packaged template (model_cards/TEMPLATE.md links to it): metadata plus text;
-    `results` become the model-index, `measured` (the results file) says how they were obtained, `space_id` names
-    the Space that runs the model."""
+    `results` become the model-index, `measured` (the results file with its run record) says how they were obtained
+    and what the weights were trained on (else `dataset`, a Hub id the publisher names), `examples` (images of the
+    run's validation data in the repository) become the widget, `space_id` names the Space that runs the model."""
     variant = variant_of(config)
     model_name = repo_id.split("/")[-1]
     image_size, input_description = describe_input(image_processor)
-    training = training_record(measured or {}, dataset)
-    eval_data = (dataset, dataset) if dataset else ("imagefolder", f"{training['eval_folder']} (local image folder)")
-    eval_results = [
-        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=eval_data[0],
-                   dataset_name=eval_data[1], dataset_split=EVAL_SPLIT, metric_type=row["metric_type"],
-                   metric_name=row["name"], metric_value=row["value"])
-        for row in results
-    ]
+    measured = measured or {}
+    training = training_record(measured, variant)
+    data = measured.get("data")
+    eval_results = []
+    if results:
+        dataset_type, dataset_name, split = eval_dataset_fields(data)
+        eval_results = [
+            EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset_type,
+                       dataset_name=dataset_name, dataset_split=split, metric_type=row["metric_type"],
+                       metric_name=row["name"], metric_value=row["value"])
+            for row in results
+        ]
+    hub_dataset = data["name"] if data and data["kind"] == "hub" else None if data else dataset
+    widget = [{"src": example["file"], "example_title": f"{example['label']} (validation image)"}
+              for example in examples]
     card_data = ModelCardData(
         library_name="transformers", pipeline_tag="image-classification", license=LICENSE, tags=TAGS,
-        datasets=[dataset] if dataset else None, metrics=["accuracy"], base_model=hub_base_model(measured or {}),
-        model_name=model_name if eval_results else None, eval_results=eval_results or None, widget=WIDGET_EXAMPLES,
+        datasets=[hub_dataset] if hub_dataset else None, metrics=["accuracy"], base_model=hub_base_model(measured),
+        model_name=model_name if eval_results else None, eval_results=eval_results or None, widget=widget or None,
     )
     labels = [config.id2label[index] for index in sorted(config.id2label)]
     named = not all(label == f"LABEL_{index}" for index, label in enumerate(labels))
@@ -231,8 +320,8 @@ def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_i
         num_labels=config.num_labels,
         label_examples=", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "") if named else "",
         num_parameters=f"{num_parameters:,}", flops_description=describe_flops(image_size, variant),
-        conversion_variant=variant if variant in PAPER_GFLOPS else "b2",
-        input_description=input_description, dataset_split=EVAL_SPLIT, training=training,
+        conversion_variant=variant if variant in PAPER_GFLOPS else "b2", hub_dataset=hub_dataset,
+        input_description=input_description, training=training, examples=examples,
         results=[dict(row, value=f"{row['value']:.4f} ({100 * row['value']:.2f}%)") for row in results],
         results_file=results_file, space_id=space_id,
         transformers_requirement=declared_requirements()["transformers"],
@@ -240,7 +329,8 @@ def render_card(config: ClusTRConfig, image_processor, *, card_kind: str, repo_i
 
 
 def variant_card(variant: str) -> ModelCard:
-    """The card of a released (or our b0) variant with 1000 ImageNet classes: architecture, no measured results."""
+    """The card of a released (or our b0) variant with 1000 ImageNet classes: architecture, no measured results and
+    no widget examples (there are no weights and no run whose images they could be)."""
     config = ClusTRConfig.from_variant(variant, num_labels=1000)
     with torch.device("meta"):  # shapes only: counting needs no memory and no initialisation
         num_parameters = sum(parameter.numel() for parameter in ClusTRForImageClassification(config).parameters())
@@ -309,9 +399,13 @@ def load_classifier(source: Path) -> tuple[ClusTRForImageClassification, object]
                          f"head; the Hub folder, card and handler are for image classification "
                          f"(ClusTRForImageClassification).")
     model, loading = ClusTRForImageClassification.from_pretrained(source, output_loading_info=True)
-    if loading["missing_keys"] or loading["mismatched_keys"]:
-        raise ValueError(f"The weights in {source} do not fit its config.json: missing "
-                         f"{sorted(loading['missing_keys'])}, mismatched {sorted(loading['mismatched_keys'])}.")
+    problems = {kind: sorted(str(key) for key in loading[f"{kind}_keys"]) for kind in ("missing", "unexpected",
+                                                                                        "mismatched")}
+    if any(problems.values()):
+        raise ValueError(f"The weights in {source} do not fit its config.json (every weight must load, none may be "
+                         f"dropped): " + "; ".join(f"{kind} {keys}" for kind, keys in problems.items() if keys) +
+                         ". Publish the folder the weights were saved with, or correct config.json (depths, "
+                         "num_labels, widths) to the weights.")
     if (source / "preprocessor_config.json").is_file():
         image_processor = AutoImageProcessor.from_pretrained(source)
     else:  # a converted reference checkpoint: the reference's evaluation transform
@@ -360,20 +454,47 @@ def atomic_folder(output_dir: Path):
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def evaluation_dataset(results: dict, dataset: str | None, results_path: Path) -> str | None:
-    """The Hub dataset the results were measured on: the one the results file records, or `dataset` (--dataset) for
-    older folders that record none; None for local data folders. Fails when the two disagree, or when accuracies
-    were measured on data nobody named."""
-    recorded = results.get("dataset")
-    if recorded and dataset and recorded != dataset:
-        raise ValueError(f"{results_path} records the dataset {recorded!r}, but --dataset says {dataset!r}; drop "
-                         f"--dataset (the recorded one is used) or correct it.")
-    dataset = recorded or dataset
-    if accuracy_results(results, results_path.name) and not dataset and not (results.get("data_dirs") or {}).get(
-            "validation"):
+def with_recorded_data(results: dict, dataset: str | None, results_path: Path) -> dict:
+    """`results` with the data its accuracies were measured on: the run record's `data`, or for results files without
+    one (Trainer's eval_results.json, older folders) the Hub dataset `dataset` (--dataset). Fails when the two
+    disagree, or when accuracies were measured on data nobody named."""
+    recorded = results.get("data")
+    if recorded and dataset and (recorded["kind"], recorded["name"]) != ("hub", dataset):
+        raise ValueError(f"{results_path} records its data as {describe_data(recorded)['source']}, but --dataset says "
+                         f"{dataset!r}; drop --dataset (the recorded data is stated) or correct it.")
+    if not recorded and dataset:
+        results = {**results, "data": {"kind": "hub", "name": dataset, "config": None, "about": None,
+                                       "validation_dir": None, "evaluation_split": None, "held_out_fraction": None}}
+    if accuracy_results(results, results_path.name) and not results.get("data"):
         raise ValueError(f"{results_path} holds measured accuracies but does not say what data they were measured "
-                         f"on; name the dataset (e.g. --dataset ILSVRC/imagenet-1k) so that the card can state it.")
-    return dataset
+                         f"on (the training scripts of clustr_hf record it); if it was a Hub dataset, name it (e.g. "
+                         f"--dataset ILSVRC/imagenet-1k) so that the card can state it.")
+    return results
+
+
+def folder_card(source: Path, repo_id: str, *, dataset: str | None = None, space_id: str | None = None):
+    """The classifier in `source`, its image processor, its card, and what the Hub folder publishes beside them: the
+    results file's name and cleaned contents (`public_results`) and the example images."""
+    model, image_processor = load_classifier(source)
+    results_file, recorded = read_measured_results(source)
+    results = with_recorded_data(recorded, dataset, source / results_file) if results_file else {}
+    examples = example_images(source, results)
+    card = render_card(
+        model.config, image_processor, card_kind="folder", repo_id=repo_id,
+        num_parameters=sum(parameter.numel() for parameter in model.parameters()), dataset=dataset,
+        results=accuracy_results(results, results_file), results_file=results_file, measured=results,
+        examples=examples, space_id=space_id,
+    )
+    return model, image_processor, card, results_file, public_results(recorded or {}), examples
+
+
+def write_run_card(folder, repo_id: str) -> Path:
+    """Write the card of a training run's output folder into its README.md (what the training scripts leave there,
+    and what a Hub repository of the folder shows); returns the path."""
+    folder = Path(folder)
+    card = folder_card(folder, repo_id)[2]
+    card.save(folder / "README.md")
+    return folder / "README.md"
 
 
 def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None = None,
@@ -383,8 +504,9 @@ def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None
     `source` is a folder written by save_pretrained (training output, or a converted reference checkpoint) or a
     reference .pth file (converted on the way, checked against `variant` if given). A trained folder's measured
     accuracies (all_results.json / eval_results.json) go into the card and its model-index with the data they were
-    measured on (recorded by the training scripts, else `dataset`). `space_id` names the Space the card points to.
-    The folder is written beside `output_dir` and moved there when complete.
+    measured on (recorded by the training scripts, else `dataset`); the results file is published without local
+    paths, with the run's example images. `space_id` names the Space the card points to. The folder is written beside
+    `output_dir` and moved there when complete.
     """
     source, output_dir = Path(source), Path(output_dir)
     require_new_folder(output_dir)  # before the slow part
@@ -392,17 +514,8 @@ def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None
         with tempfile.TemporaryDirectory() as converted:
             convert_checkpoint(source, converted, variant)
             return assemble_hub_folder(converted, output_dir, repo_id=repo_id, dataset=dataset, space_id=space_id)
-    model, image_processor = load_classifier(source)
-    results_file, results = read_measured_results(source)
-    results = results or {}
-    if results_file:
-        dataset = evaluation_dataset(results, dataset, source / results_file)
-    card = render_card(
-        model.config, image_processor, card_kind="folder", repo_id=repo_id,
-        num_parameters=sum(parameter.numel() for parameter in model.parameters()), dataset=dataset,
-        results=accuracy_results(results, results_file), results_file=results_file, measured=results,
-        space_id=space_id,
-    )
+    model, image_processor, card, results_file, results, examples = folder_card(
+        source, repo_id, dataset=dataset, space_id=space_id)
     with atomic_folder(output_dir) as staging:
         model.save_pretrained(staging)  # with the .py files and the complete auto_map (importing clustr_hf registers)
         image_processor.save_pretrained(staging)
@@ -411,9 +524,21 @@ def assemble_hub_folder(source, output_dir, *, repo_id: str, dataset: str | None
         shutil.copyfile(VISUALIZATION_PATH, staging / "visualization.py")
         (staging / "requirements.txt").write_text(f"transformers{declared_requirements()['transformers']}\n")
         if results_file:
-            shutil.copyfile(source / results_file, staging / results_file)
+            (staging / results_file).write_text(json.dumps(results, indent=2) + "\n")
+        for example in examples:
+            (staging / example["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / example["file"], staging / example["file"])
         check_remote_code(staging)
     return output_dir
+
+
+def publish_run(folder, repo_id: str, *, private: bool = False, revision: str | None = None,
+                token: str | None = None):
+    """--push_to_hub of the training scripts: assemble the Hub folder of a finished run beside it (`<folder>-hub`,
+    kept for --upload-only after a failed upload) and upload it; returns huggingface_hub's CommitInfo."""
+    folder = Path(folder)
+    hub_folder = assemble_hub_folder(folder, folder.with_name(f"{folder.name}-hub"), repo_id=repo_id)
+    return upload_hub_folder(hub_folder, repo_id, private=private, revision=revision, token=token)
 
 
 def assemble_space_folder(app_path, output_dir, *, space_id: str, repo_id: str) -> Path:

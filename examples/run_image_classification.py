@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 r"""Fine-tune or train an image classifier (ClusTR by default) with transformers' Trainer.
 
-Takes every TrainingArguments flag (`--eval_strategy`, `--save_steps`, `--report_to`, `--push_to_hub`, ...) plus the
-data, model and recipe flags shared with the accelerate script; `--recipe imagenet` sets docs/algorithm.md section 6.
+Takes every TrainingArguments flag (`--eval_strategy`, `--save_steps`, `--report_to`, ...) plus the data, model and
+recipe flags shared with the accelerate script; `--recipe imagenet` sets docs/algorithm.md section 6. The output folder
+gets clustr_hf's model card (README.md); `--push_to_hub` uploads the final folder once, at the end, assembled by
+clustr_hf.publishing (card, cleaned results, handler) as OUTPUT_DIR-hub.
 Checkpoints are Trainer's own (`--save_strategy steps --save_steps N`); `--resume_from_checkpoint latest` (or a
 checkpoint folder) resumes a stopped run to the weights an uninterrupted run ends with.
 
@@ -23,12 +25,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
-from huggingface_hub import upload_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from clustr_hf import VARIANTS
+from clustr_hf import ClusTRForImageClassification
+from clustr_hf.publishing import publish_run, write_run_card
 from training_utils import (
     CheckpointError,
     DataArguments,
@@ -49,6 +51,7 @@ from training_utils import (
     refuse_to_overwrite,
     resolve_checkpoint,
     run_record,
+    save_example_images,
     scaled_learning_rate,
     scheduler_kwargs,
     top_k_predictions,
@@ -122,35 +125,6 @@ def make_loss_function(label_smoothing: float):
     return compute_loss
 
 
-def write_model_card(trainer: Trainer, model_args: ModelArguments, data_args: DataArguments, record: dict) -> None:
-    """Trainer's model card, pushed with the model under --push_to_hub. Only a Hub model is linked as the base model;
-    a local folder is named in the text (a link would point at huggingface.co/<folder>)."""
-    base = model_args.model_name_or_path
-    local_base = model_args.config_name is None and os.path.isdir(base)
-    from_scratch = model_args.config_name is not None or (base in VARIANTS and not local_base)
-    card = {
-        "finetuned_from": None if from_scratch or local_base else base,
-        "tasks": "image-classification",
-        "dataset": data_args.dataset_name or data_args.train_dir or "digits",
-        "dataset_tags": record["dataset"],
-        "tags": ["image-classification", "vision", "clustr"],
-    }
-    if trainer.args.push_to_hub:
-        trainer.push_to_hub(**card)  # writes the card, then uploads the folder
-    else:
-        trainer.create_model_card(**card)
-    if local_base and trainer.is_world_process_zero():
-        card_path = Path(trainer.args.output_dir, "README.md")
-        card_path.write_text(card_path.read_text().replace(
-            "This model was trained from scratch on",
-            f"This model is a fine-tuned version of the local model `{base}` on",
-        ))
-        if trainer.args.push_to_hub:
-            upload_file(path_or_fileobj=card_path, path_in_repo="README.md", repo_id=trainer.hub_model_id,
-                        token=trainer.args.hub_token, revision=trainer.args.hub_revision,
-                        commit_message="Model card: name the local base model")
-
-
 def main(argv=None) -> dict:
     """Train, evaluate and save the final Hub-ready folder (model, image processor, metrics, all_results.json with
     what the run was); returns all_results."""
@@ -167,6 +141,11 @@ def main(argv=None) -> dict:
         dataset = load_image_dataset(data_args, seed=training_args.seed)
     labels = class_names(dataset, data_args.label_column_name)
     model, image_processor = load_model_and_image_processor(model_args, labels, recipe_args.drop_path_rate)
+    publishable = isinstance(model, ClusTRForImageClassification)
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # published once at the end, below
+    if push_to_hub and not publishable:
+        raise ValueError(f"--push_to_hub publishes ClusTR classifiers (with their model card), not a "
+                         f"{type(model).__name__}; leave it out and upload {training_args.output_dir} yourself.")
     train_dataset, eval_dataset = build_datasets(dataset, image_processor, data_args, recipe_args, training_args.seed)
 
     total_batch_size = (
@@ -219,7 +198,7 @@ def main(argv=None) -> dict:
         metrics.update(eval_metrics)
 
     record = run_record(
-        model_args, data_args, recipe_args, image_processor, len(train_dataset), len(eval_dataset),
+        model_args, data_args, recipe_args, dataset, model.config, image_processor,
         learning_rate=training_args.learning_rate, lr_scheduler_type=str(training_args.lr_scheduler_type.value),
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         gradient_accumulation_steps=training_args.gradient_accumulation_steps, total_train_batch_size=total_batch_size,
@@ -229,8 +208,16 @@ def main(argv=None) -> dict:
     )
     metrics.update(record)
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir, "all_results.json").write_text(json.dumps(metrics, indent=2))
-    write_model_card(trainer, model_args, data_args, record)
+        output_dir = Path(training_args.output_dir)
+        metrics["example_images"] = save_example_images(dataset["validation"], output_dir, labels,
+                                                        data_args.image_column_name, data_args.label_column_name)
+        (output_dir / "all_results.json").write_text(json.dumps(metrics, indent=2))
+        if publishable:
+            write_run_card(output_dir, training_args.hub_model_id or f"<your-namespace>/{output_dir.resolve().name}")
+        if push_to_hub:
+            publish_run(output_dir, training_args.hub_model_id or output_dir.resolve().name,
+                        private=bool(training_args.hub_private_repo), revision=training_args.hub_revision,
+                        token=training_args.hub_token)
     return metrics
 
 

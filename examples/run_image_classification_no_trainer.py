@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import SchedulerType, get_scheduler
 
+from clustr_hf import ClusTRForImageClassification
+from clustr_hf.publishing import publish_run, write_run_card
 from training_utils import (
     DataArguments,
     ImageCollator,
@@ -55,6 +57,7 @@ from training_utils import (
     resolve_checkpoint,
     run_record,
     save_checkpoint,
+    save_example_images,
     scaled_learning_rate,
     scheduler_kwargs,
     top_k_predictions,
@@ -100,7 +103,10 @@ class LoopArguments:
     report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker(s): tensorboard, all, ..."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading worker processes."})
     use_cpu: bool = field(default=False, metadata={"help": "Train on the CPU even if a GPU is available."})
-    push_to_hub: bool = field(default=False, metadata={"help": "Upload the final folder to the Hub."})
+    push_to_hub: bool = field(
+        default=False, metadata={"help": "Upload the final folder to the Hub, assembled by clustr_hf.publishing (a "
+                                         "ClusTR classifier only) beside output_dir as OUTPUT_DIR-hub."}
+    )
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository (default: output_dir's name)."})
 
 
@@ -184,6 +190,10 @@ def main(argv=None) -> dict:
         dataset = load_image_dataset(data_args, seed=loop_args.seed)
     labels = class_names(dataset, data_args.label_column_name)
     model, image_processor = load_model_and_image_processor(model_args, labels, recipe_args.drop_path_rate)
+    publishable = isinstance(model, ClusTRForImageClassification)
+    if loop_args.push_to_hub and not publishable:
+        raise ValueError(f"--push_to_hub publishes ClusTR classifiers (with their model card), not a "
+                         f"{type(model).__name__}; leave it out and upload {output_dir} yourself.")
     train_dataset, eval_dataset = build_datasets(dataset, image_processor, data_args, recipe_args, loop_args.seed)
 
     # Both read in order (the training set shuffles itself each epoch); their own generators keep the global one,
@@ -344,7 +354,7 @@ def main(argv=None) -> dict:
     results.update(train_steps=global_step, total_train_batch_size=total_batch_size,
                    num_processes=accelerator.num_processes, learning_rate=learning_rate)
     results.update(run_record(
-        model_args, data_args, recipe_args, image_processor, len(train_dataset), len(eval_dataset),
+        model_args, data_args, recipe_args, dataset, accelerator.unwrap_model(model).config, image_processor,
         learning_rate=learning_rate, lr_scheduler_type=loop_args.lr_scheduler_type,
         per_device_train_batch_size=loop_args.per_device_train_batch_size,
         gradient_accumulation_steps=loop_args.gradient_accumulation_steps, total_train_batch_size=total_batch_size,
@@ -353,14 +363,14 @@ def main(argv=None) -> dict:
     ))
     if accelerator.is_main_process:
         image_processor.save_pretrained(output_dir)
+        results["example_images"] = save_example_images(dataset["validation"], output_dir, labels,
+                                                        data_args.image_column_name, data_args.label_column_name)
         (output_dir / "all_results.json").write_text(json.dumps(results, indent=2))
+        repo_id = loop_args.hub_model_id or f"<your-namespace>/{output_dir.resolve().name}"
+        if publishable:
+            write_run_card(output_dir, repo_id)
         if loop_args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=model_args.token)
-            repo_id = api.create_repo(loop_args.hub_model_id or output_dir.name, exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="Training finished",
-                              ignore_patterns=["checkpoints/**", "tensorboard/**", "train_log.jsonl"])
+            publish_run(output_dir, loop_args.hub_model_id or output_dir.resolve().name, token=model_args.token)
     accelerator.end_training()
     return results
 

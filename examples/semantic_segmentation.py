@@ -10,7 +10,8 @@ pretrained ClusTR weights exist, so the backbone starts from random initialisati
     python examples/semantic_segmentation.py --output_dir runs/upernet-clustr   # b0 backbone, 20 steps: 1 minute
 
 The output folder holds the model (`UperNetForSemanticSegmentation.from_pretrained(folder)` after `import clustr_hf`),
-the image processor that normalises inputs (`ClusTRImageProcessor` with `do_resize=False`), and metrics.json.
+the image processor that normalises inputs (`ClusTRImageProcessor` with `do_resize=False`), and metrics.json (the
+metrics, and the record of the run's data and start in the shape the classification scripts write).
 """
 
 import argparse
@@ -37,6 +38,17 @@ from clustr_hf import ClusTRConfig, ClusTRImageProcessor
 CLASSES = ("dark", "mid", "bright")
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "coins")
 VALIDATION_PHOTOS = ("chelsea", "camera")
+
+
+def data_record() -> dict:
+    """The run's data, as the classification scripts record theirs (examples/training_utils.py, data_record)."""
+    return {
+        "kind": "bundled", "name": "scikit-image sample photos", "config": None,
+        "about": (f"bundled with scikit-image (skimage.data): {', '.join(TRAIN_PHOTOS)} for training, "
+                  f"{', '.join(VALIDATION_PHOTOS)} for validation; each pixel labelled {', '.join(CLASSES)} by "
+                  f"3-class Otsu thresholding of the photo's greyscale"),
+        "validation_dir": None, "evaluation_split": "validation", "held_out_fraction": None,
+    }
 
 
 def brightness_labels(image: np.ndarray) -> np.ndarray:
@@ -155,7 +167,9 @@ def main(argv=None) -> dict:
                       compute_metrics=segmentation_metrics, processing_class=processor)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    metrics = {"first_train_loss": losses[0], "last_train_loss": losses[-1], **trainer.evaluate()}
+    metrics = {"first_train_loss": losses[0], "last_train_loss": losses[-1], **trainer.evaluate(),
+               "train_samples": len(train_set), "eval_samples": len(validation_set), "data": data_record(),
+               "from_scratch": True, "base_model": None, "base_model_is_local": False, "base_model_data": None}
     trainer.save_model(args.output_dir)
     Path(args.output_dir, "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))

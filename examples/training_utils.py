@@ -294,12 +294,21 @@ def load_fashion_mnist_dataset(directory: str | os.PathLike | None = None) -> da
 BUILT_IN_DATASETS = {None: load_digits_dataset, "digits": load_digits_dataset,
                      "fashion_mnist": load_fashion_mnist_dataset}
 """The offline data sets by --dataset_name (none given: digits)."""
+BUILT_IN_DATA_DESCRIPTIONS = {
+    "digits": ("scikit-learn digits", "bundled with scikit-learn: 1797 8x8 greyscale images of handwritten digits in "
+                                      "10 classes, split 80/20 into `train` and `validation`, stratified by class with "
+                                      "a fixed seed"),
+    "fashion_mnist": ("Fashion-MNIST", "the idx files of Debian's dataset-fashion-mnist package: 28x28 greyscale "
+                                       "images of clothing in 10 classes, 60,000 in `train` and 10,000 in `test`"),
+}
+"""What model cards call the offline data sets, and where they come from: (name, about)."""
 
 
 def load_image_dataset(args: DataArguments, seed: int = 0) -> datasets.DatasetDict:
     """The training and validation splits (keys 'train' and 'validation') described by `args`, offline where the
     data is local. A dataset without a validation or test split gets `train_val_split` of its training split held out
-    (with `seed`)."""
+    (with `seed`). The result's `evaluation_split` names the split 'validation' is (None: held out), for the run
+    record."""
     if args.train_dir is not None:
         data_files = {"train": os.path.join(args.train_dir, "**")}
         if args.validation_dir is not None:
@@ -328,6 +337,7 @@ def load_image_dataset(args: DataArguments, seed: int = 0) -> datasets.DatasetDi
         dataset = datasets.DatasetDict({"train": split["train"], "validation": split["test"]})
     else:
         dataset = datasets.DatasetDict({"train": dataset["train"], "validation": dataset[validation]})
+    dataset.evaluation_split = validation
 
     for name, split in dataset.items():
         for column, flag in ((args.image_column_name, "image"), (args.label_column_name, "label")):
@@ -406,6 +416,13 @@ def resize_image_processor(image_processor, image_size: int):
     return image_processor
 
 
+def trains_from_scratch(args: ModelArguments) -> bool:
+    """Whether the model starts from random weights: a configuration (`config_name`), or a ClusTR variant name that is
+    not also a folder."""
+    return args.config_name is not None or (
+        args.model_name_or_path in VARIANTS and not os.path.isdir(args.model_name_or_path))
+
+
 def load_model_and_image_processor(args: ModelArguments, labels: list[str], drop_path_rate: float | None = None):
     """The classifier for `labels` and its image processor: a new model from `config_name`'s configuration, or a
     ClusTR variant from scratch when `model_name_or_path` names one (and is not a folder), otherwise a pretrained model
@@ -417,7 +434,7 @@ def load_model_and_image_processor(args: ModelArguments, labels: list[str], drop
         config = AutoConfig.from_pretrained(args.config_name, id2label=id2label, label2id=label2id, **overrides)
         model = AutoModelForImageClassification.from_config(config)
         image_processor = default_image_processor(args.image_size or 224)
-    elif args.model_name_or_path in VARIANTS and not os.path.isdir(args.model_name_or_path):
+    elif trains_from_scratch(args):
         config = ClusTRConfig.from_variant(args.model_name_or_path, id2label=id2label, label2id=label2id, **overrides)
         model = ClusTRForImageClassification(config)
         image_processor = default_image_processor(args.image_size or 224)
@@ -611,36 +628,87 @@ AUGMENTATION_SETTINGS = (
 )
 
 
-def run_record(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments, image_processor,
-               num_train_samples: int, num_eval_samples: int, **training) -> dict:
-    """What both scripts write into all_results.json beside the metrics, for model cards: the sample counts, where the
-    data came from (`dataset`: a Hub dataset id, null for local data; `data_dirs`: the local folders, null for
-    built-in or Hub data), the model trained from (a variant, folder or Hub id) and the settings that matter
-    (`training`: the script's optimisation and length settings, plus the recipe's loss and augmentation settings and
-    the image size)."""
-    name = data_args.dataset_name
-    folder = name if name is not None and os.path.isdir(name) else None
-    if data_args.train_dir is not None:
-        data_dirs = {"train": data_args.train_dir, "validation": data_args.validation_dir or data_args.train_dir}
-    else:
-        data_dirs = None if folder is None else {"train": folder, "validation": folder}
-    hub_dataset = None if data_args.train_dir is not None or folder or name in BUILT_IN_DATASETS else name
+def data_record(args: DataArguments, dataset: datasets.DatasetDict) -> dict:
+    """What the data of a run was, for model cards: `kind` 'hub' (`name`: the dataset id, `config`: its
+    configuration), 'bundled' (`name` and `about`: what it is and where it comes from) or 'local' (`name`: the data
+    folder, `validation_dir`: a separate validation folder); `evaluation_split` is the split evaluated on, or None
+    when `held_out_fraction` of the training split was held out (`dataset` from `load_image_dataset`)."""
+    record = {"kind": "hub", "name": args.dataset_name, "config": args.dataset_config_name, "about": None,
+              "validation_dir": None, "evaluation_split": dataset.evaluation_split,
+              "held_out_fraction": None if dataset.evaluation_split else args.train_val_split}
+    if args.train_dir is not None:
+        record.update(kind="local", name=args.train_dir, config=None, validation_dir=args.validation_dir)
+    elif args.dataset_name in BUILT_IN_DATASETS:
+        name, about = BUILT_IN_DATA_DESCRIPTIONS[args.dataset_name or "digits"]
+        record.update(kind="bundled", name=name, config=None, about=about)
+    elif os.path.isdir(args.dataset_name):
+        record.update(kind="local", config=None)
+    return record
+
+
+def start_record(args: ModelArguments) -> dict:
+    """Where the weights started, for model cards: `from_scratch`, or the `base_model` fine-tuned (a Hub id, or a
+    folder when `base_model_is_local`, then with `base_model_data`, the data record of the folder's own run if it has
+    one)."""
+    if trains_from_scratch(args):
+        return {"from_scratch": True, "base_model": None, "base_model_is_local": False, "base_model_data": None}
+    base = args.model_name_or_path
+    local = os.path.isdir(base)
+    base_data = None
+    if local:
+        from clustr_hf.publishing import read_measured_results
+
+        _, base_results = read_measured_results(Path(base))
+        base_data = (base_results or {}).get("data")
+    return {"from_scratch": False, "base_model": base, "base_model_is_local": local, "base_model_data": base_data}
+
+
+def run_record(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments,
+               dataset: datasets.DatasetDict, model_config, image_processor, **training) -> dict:
+    """What both scripts write into all_results.json beside the metrics, for model cards: the sample counts, the data
+    (`data_record`), where the weights started (`start_record`) and the settings that matter (`hyperparameters`: the
+    script's optimisation and length settings, the recipe's loss and augmentation settings, the stochastic depth rate
+    the model trained with and the image size)."""
     height, width = image_size_of(image_processor)
+    drop_path_rate = getattr(model_config, "drop_path_rate", None)
     hyperparameters = {
         **training,
         "label_smoothing": recipe_args.label_smoothing,
-        "drop_path_rate": recipe_args.drop_path_rate,
+        **({} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}),
         **{setting: getattr(recipe_args, setting) for setting in AUGMENTATION_SETTINGS},
         "image_size": height if height == width else [height, width],
     }
     return {
-        "train_samples": num_train_samples,
-        "eval_samples": num_eval_samples,
-        "dataset": hub_dataset,
-        "data_dirs": data_dirs,
-        "base_model": model_args.config_name or model_args.model_name_or_path,
+        "train_samples": len(dataset["train"]),
+        "eval_samples": len(dataset["validation"]),
+        "data": data_record(data_args, dataset),
+        **start_record(model_args),
         "hyperparameters": hyperparameters,
     }
+
+
+EXAMPLE_IMAGES_DIR = "example_images"
+
+
+def save_example_images(split: datasets.Dataset, output_dir: str | os.PathLike, labels: list[str],
+                        image_column: str = "image", label_column: str = "label", count: int = 3) -> list[dict]:
+    """Save the first image of each of the first `count` classes of `split` (the validation split) as PNG files in
+    `output_dir/example_images`, the examples the model card shows; returns their records ({"file", "label"}, the
+    file relative to `output_dir`)."""
+    folder = Path(output_dir, EXAMPLE_IMAGES_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    examples, seen = [], set()
+    for index, label in enumerate(split[label_column]):
+        if label in seen:
+            continue
+        seen.add(label)
+        image = split[index][image_column]
+        name = f"{EXAMPLE_IMAGES_DIR}/validation-{index}.png"
+        (image if image.mode in ("L", "RGB", "RGBA") else image.convert("RGB")).save(Path(output_dir, name))
+        examples.append({"file": name, "label": labels[label]})
+        if len(examples) == count:
+            break
+    return examples
 
 
 # ----------------------------------------------------------------------------------------------------------------------

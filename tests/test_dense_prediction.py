@@ -127,6 +127,10 @@ def test_semantic_segmentation_example_trains_saves_and_reloads(tmp_path):
     ])
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert 0 <= metrics["eval_pixel_accuracy"] <= 1 and 0 <= metrics["eval_mean_iou"] <= 1
+    # the run records its data as the classification scripts do: bundled photos, 6 photos x 2 crops, 2 whole photos
+    assert (metrics["train_samples"], metrics["eval_samples"], metrics["from_scratch"]) == (12, 2, True)
+    assert (metrics["data"]["kind"], metrics["data"]["name"]) == ("bundled", "scikit-image sample photos")
+    assert all(photo in metrics["data"]["about"] for photo in ("astronaut", "coins", "chelsea", "camera"))
     assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= {p.name for p in tmp_path.iterdir()}
 
     reloaded = UperNetForSemanticSegmentation.from_pretrained(tmp_path).eval()

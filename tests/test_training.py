@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from training_helpers import (
     DIGIT_LABELS,
@@ -374,15 +375,18 @@ def test_no_trainer_script_trains_and_saves_a_pipeline_ready_folder(tmp_path, ti
     assert results["learning_rate"] == pytest.approx(3e-3 * 16 / 512)  # the recipe's linear scaling rule
     assert 0 <= results["eval_accuracy"] <= results["eval_top5_accuracy"] <= 1 and math.isfinite(results["eval_loss"])
     assert json.loads((output / "all_results.json").read_text()) == results
-    # what a model card needs: the data (built-in digits: neither a Hub dataset nor local folders), the base model,
-    # the sample counts and the settings that matter
+    # what a model card needs: the data (the bundled digits, named with their source), the base model, the sample
+    # counts and the settings that matter
     assert (results["train_samples"], results["eval_samples"]) == (40, 16)
-    assert (results["dataset"], results["data_dirs"], results["base_model"]) == (None, None, str(tiny_model_dir))
+    assert (results["data"]["kind"], results["data"]["name"], results["data"]["evaluation_split"]) == (
+        "bundled", "scikit-learn digits", "validation")
+    assert (results["from_scratch"], results["base_model"], results["base_model_is_local"]) == (
+        False, str(tiny_model_dir), True)
     assert results["hyperparameters"] == {
         "learning_rate": pytest.approx(3e-3 * 16 / 512), "lr_scheduler_type": "cosine",
         "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "total_train_batch_size": 16,
         "num_train_epochs": 2, "max_steps": 6, "weight_decay": 0.05, "warmup_steps": 15, "max_grad_norm": 0.0,
-        "seed": 3, "label_smoothing": 0.1, "drop_path_rate": None, "crop_scale_min": 0.08, "horizontal_flip_prob": 0.5,
+        "seed": 3, "label_smoothing": 0.1, "drop_path_rate": 0.0, "crop_scale_min": 0.08, "horizontal_flip_prob": 0.5,
         "rand_augment_magnitude": 9, "rand_augment_num_ops": 2, "color_jitter": 0.0, "random_erasing_prob": 0.25,
         "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "mixup_switch_prob": 0.5, "repeated_augmentations": 3,
         "image_size": 32,
@@ -439,8 +443,8 @@ def test_trainer_script_trains_with_the_recipe_pieces_and_resumes_exactly(tmp_pa
     assert results == metrics and (results["train_samples"], results["eval_samples"]) == (32, 16)
     assert results["base_model"] == str(tiny_model_dir) and results["hyperparameters"]["max_steps"] == 4
     assert results["hyperparameters"]["learning_rate"] == pytest.approx(4e-3)
-    card = (output / "README.md").read_text()
-    assert f"fine-tuned version of the local model `{tiny_model_dir}`" in card and "huggingface.co/" not in card
+    card = ModelCard.load(output / "README.md")  # clustr_hf's card: a local base model is no Hub link
+    assert card.data.base_model is None and str(tiny_model_dir) not in card.content
     uninterrupted = _digest(output / "model.safetensors")
 
     with pytest.raises(CheckpointError, match="checkpoint-2, .*checkpoint-4.* would overwrite"):
