@@ -22,8 +22,8 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".npy", ".zip", 
 """Files the Hub's default .gitattributes sends through LFS; binary or large (>10 MiB) files go there too."""
 LFS_MIN_SIZE = 10 * 1024 * 1024
 REPO = r"(?P<repo>[\w.-]+/[\w.-]+)"
-KIND = r"(?P<kind>models|spaces|datasets)"
-PREFIX = r"(?P<prefix>spaces/|datasets/)?"
+KIND = r"(?P<kind>models|spaces)"
+PREFIX = r"(?P<prefix>spaces/)?"
 ROUTES = [
     ("POST", r"/api/repos/create", "create"),
     ("POST", r"/api/validate-yaml", "validate_yaml"),
@@ -52,7 +52,7 @@ def lfs_pointer(oid: str, size: int) -> bytes:
 
 @dataclass
 class Repo:
-    kind: str  # models, spaces or datasets
+    kind: str  # models or spaces
     private: bool
     sdk: str | None = None
     branches: dict = field(default_factory=dict)  # branch -> commit id (absent until the first commit)
@@ -119,18 +119,6 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_GET(self):
-        self.dispatch("GET")
-
-    def do_HEAD(self):
-        self.dispatch("HEAD")
-
-    def do_POST(self):
-        self.dispatch("POST")
-
-    def do_PUT(self):
-        self.dispatch("PUT")
-
     def body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
@@ -141,17 +129,17 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             return b"".join(chunks)
         return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
-    def send(self, status: int, content: bytes = b"", headers: dict | None = None, method: str = "GET") -> None:
+    def send(self, status: int, content: bytes, headers: dict | None = None) -> None:
         self.send_response(status)
         for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(content)))
         self.end_headers()
-        if method != "HEAD":
+        if self.command != "HEAD":
             self.wfile.write(content)
 
-    def dispatch(self, method: str) -> None:
-        body = self.body()
+    def dispatch(self) -> None:
+        method, body = self.command, self.body()
         url = urlsplit(self.path)
         for route_method, pattern, name in ROUTES:
             if method == route_method and (match := re.fullmatch(pattern, url.path)):
@@ -169,9 +157,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 status, payload, headers = getattr(self, name)(body, **arguments)
         except HubError as error:
             headers = {"X-Error-Message": str(error)} | ({"X-Error-Code": error.code} if error.code else {})
-            return self.send(error.status, json.dumps({"error": str(error)}).encode(), headers, method)
+            return self.send(error.status, json.dumps({"error": str(error)}).encode(), headers)
         content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send(status, content, headers, method)
+        self.send(status, content, headers)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = dispatch
 
     def check_token(self, write: bool) -> None:
         """As the Hub: a wrong token is refused on every endpoint, and writing needs the token."""
@@ -288,8 +278,6 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 if value["oid"] not in self.server.verified_lfs:
                     raise HubError(422, f"The LFS object of {value['path']} was never uploaded")
                 tree[value["path"]] = (value["oid"], True)
-            elif key == "deletedFile":
-                tree.pop(value["path"])
             else:
                 raise HubError(400, f"stand-in Hub: unknown commit operation {key}")
         commit = hashlib.sha1(json.dumps([parent, sorted(tree.items()), lines[0]["value"]]).encode()).hexdigest()

@@ -100,12 +100,10 @@ def test_published_model_downloads_and_classifies_as_the_local_folder(hub, publi
     output_dir, _ = published
     photo_path, results_path = tmp_path / "cat.png", tmp_path / "results.pt"
     PIL.Image.fromarray(data.chelsea()).save(photo_path)
-    environment = {key: value for key, value in hub_environment(hub, tmp_path / "hf_home").items()
-                   if key != "PYTHONPATH"}
     command = [sys.executable, "-I", "-S", "-c", WITHOUT_CLUSTR_HF + DOWNLOAD, sysconfig.get_paths()["purelib"],
                REPO_ID, str(tmp_path / "snapshot-cache"), str(photo_path), str(results_path)]
-    completed = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True,
-                               timeout=TIMEOUT)
+    completed = subprocess.run(command, cwd=tmp_path, env=hub_environment(hub, tmp_path / "hf_home"),
+                               capture_output=True, text=True, timeout=TIMEOUT)
     assert completed.returncode == 0, completed.stderr[-6000:]
     assert hub.unknown == []
     results = torch.load(results_path, weights_only=False)
