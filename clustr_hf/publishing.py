@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard, SpaceCardData, get_token
+from huggingface_hub.errors import HfHubHTTPError
 from packaging.requirements import Requirement
 from safetensors import SafetensorError, safe_open
 from transformers import AutoImageProcessor
@@ -623,12 +624,15 @@ def upload_folder(folder, repo_id: str, *, repo_type: str, required, upload_agai
         return api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=folder, revision=revision,
                                  commit_message=commit_message or f"Upload {folder.name} with clustr_hf")
     except Exception as error:
-        causes, cause = [], error
+        causes, cause, refused = [], error, False
         while cause is not None:  # huggingface_hub wraps some HTTP errors; their text says what the Hub answered
             causes.append(str(cause))
+            refused |= isinstance(cause, HfHubHTTPError) and cause.response.status_code == 401
             cause = cause.__cause__
+        fix = ("the Hub refused the token (401): set HF_TOKEN to a valid token with write access, or log in with "
+               "`hf auth login`, then upload it again" if refused else "fix the cause, then upload it again")
         raise PublishError(f"Publishing failed while {step}: {' <- '.join(causes)}\nThe assembled folder {folder} is "
-                           f"unchanged; fix the cause, then upload it again: {upload_again}") from error
+                           f"unchanged; {fix}: {upload_again}") from error
 
 
 if __name__ == "__main__":
