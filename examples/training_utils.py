@@ -874,8 +874,8 @@ FULL_DISK_BYTES = 16 * 2**20
 
 
 def disk_full(error: BaseException, folder: str | os.PathLike) -> bool:
-    """Whether `error`, raised while writing into `folder`, comes from a full disk: errno ENOSPC or EDQUOT (also as
-    safetensors words it), or almost no space left there (torch's `basic_ios::clear: iostream error`)."""
+    """Whether `error`, raised while writing into `folder`, comes from a full disk: errno ENOSPC or EDQUOT, its text
+    in safetensors' error, or almost no space left there (torch's bare `basic_ios::clear: iostream error`)."""
     if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error):
         return True
     existing = next(path for path in [Path(folder), *Path(folder).absolute().parents] if path.exists())

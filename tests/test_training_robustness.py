@@ -43,7 +43,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _decompression_bomb_png(path: Path, side: int = 20000) -> None:
-    """A valid 80-byte PNG header claiming side x side greyscale pixels (PIL refuses it on opening)."""
+    """A small valid PNG file claiming side x side greyscale pixels (PIL refuses it on opening)."""
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
                      + _png_chunk(b"IDAT", zlib.compress(b"\x00" * (side + 1))) + _png_chunk(b"IEND", b""))
