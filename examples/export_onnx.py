@@ -13,12 +13,14 @@ with PyTorch's on a photo the export did not see and exits with status 1 if they
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from skimage import data
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.exporters import OnnxConfig, OnnxExporter
@@ -49,14 +51,31 @@ def compare_with_pytorch(model, processor, onnx_path: Path, photo: str) -> float
     return float(np.abs(onnx_logits - torch_logits).max())
 
 
+def missing_local_folder(name: str) -> bool:
+    """Whether `name` is meant as a local folder that does not exist: it does not exist and is a path (starts with
+    '.', '/' or '~', is not a valid Hub id, or lies inside an existing folder) rather than a Hub id."""
+    if os.path.exists(name):
+        return False
+    if name.startswith((".", "/", "~")) or os.path.isdir(os.path.dirname(name)):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", required=True,
                         help="a saved ClusTRForImageClassification with its preprocessor_config.json")
-    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--output_dir", "--output-dir", required=True)
     parser.add_argument("--photo", default="chelsea", help="the skimage.data photo to check the export on")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |ONNX - PyTorch| of the logits")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if missing_local_folder(args.model_name_or_path):
+        parser.error(f"--model_name_or_path {args.model_name_or_path}: no such folder")
+    return args
 
 
 def main(argv=None) -> dict:

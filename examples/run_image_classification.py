@@ -42,6 +42,8 @@ from training_utils import (
     check_at_least_one,
     class_names,
     classification_loss,
+    disk_full,
+    disk_full_error,
     incomplete_checkpoints,
     list_checkpoints,
     load_image_dataset,
@@ -185,8 +187,13 @@ def main(argv=None) -> dict:
     )
     metrics = {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model()
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+            trainer.save_model()
+        except Exception as error:
+            if not disk_full(error, training_args.output_dir):
+                raise
+            raise disk_full_error(error, training_args.output_dir, "a checkpoint or the model") from error
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()

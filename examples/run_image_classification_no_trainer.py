@@ -242,11 +242,15 @@ def main(argv=None) -> dict:
     }
     global_step, start_epoch, skip_batches, log_entries = 0, 0, 0, 0
     results = {}  # the latest evaluation
+    # this process's summed micro-batch losses and micro-batches since the last logged loss; checkpointed, so that a
+    # resumed run logs the losses an uninterrupted one does
+    running = torch.zeros(2, device=accelerator.device)
     if loop_args.resume_from_checkpoint is not None:
         folder = resolve_checkpoint(loop_args.resume_from_checkpoint, checkpoints_dir)
         state = load_checkpoint(accelerator, folder, signature)
         global_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
         log_entries, results = state["log_entries"], state["results"]
+        running = torch.tensor(state["running_loss"][accelerator.process_index], device=accelerator.device)
         logger.info(f"Resumed from {folder}: step {global_step}, epoch {start_epoch}, batch {skip_batches}")
     refuse_to_overwrite(list_checkpoints(checkpoints_dir), global_step)
     log_path = output_dir / "train_log.jsonl"
@@ -268,11 +272,19 @@ def main(argv=None) -> dict:
         f"{loop_args.gradient_accumulation_steps} accumulation = {total_batch_size} per step; {max_train_steps} steps "
         f"over {num_epochs} epoch(s), learning rate {learning_rate:g}"
     )
+
+    def checkpoint(epoch: int, batches_in_epoch: int) -> None:
+        """Save a checkpoint of the state after `global_step`, resuming at that batch of that epoch."""
+        save_checkpoint(accelerator, checkpoints_dir, global_step, {
+            "step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "run": signature,
+            "log_entries": log_length(log_path), "results": results,
+            "running_loss": accelerator.gather(running).view(-1, 2).tolist(),
+        })
+
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="training")
     with logging_redirect_tqdm():  # log lines go above the progress bar, not onto its line
         model.train()
-        running = torch.zeros(2, device=accelerator.device)  # summed micro-batch losses, micro-batches
         for epoch in range(start_epoch, num_epochs):
             train_dataloader.set_epoch(epoch)  # passed on to the training set at every iteration
             batches_in_epoch = skip_batches if epoch == start_epoch else 0
@@ -314,10 +326,7 @@ def main(argv=None) -> dict:
                                         step=global_step)
                 epoch_done = batches_in_epoch == len(train_dataloader)
                 if isinstance(every, int) and global_step % every == 0 and not epoch_done:
-                    save_checkpoint(accelerator, checkpoints_dir, global_step, {
-                        "step": global_step, "epoch": epoch, "batches_in_epoch": batches_in_epoch, "run": signature,
-                        "log_entries": log_length(log_path), "results": results,
-                    })
+                    checkpoint(epoch, batches_in_epoch)
                 if global_step >= max_train_steps:
                     break
             samples, cpu_time = accelerator.reduce(
@@ -339,10 +348,7 @@ def main(argv=None) -> dict:
             if batches_in_epoch == len(train_dataloader) and (
                 every == "epoch" or isinstance(every, int) and global_step % every == 0
             ):
-                save_checkpoint(accelerator, checkpoints_dir, global_step, {
-                    "step": global_step, "epoch": epoch + 1, "batches_in_epoch": 0, "run": signature,
-                    "log_entries": log_length(log_path), "results": results,
-                })
+                checkpoint(epoch + 1, 0)
             if global_step >= max_train_steps:
                 break
     progress.close()

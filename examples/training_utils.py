@@ -4,21 +4,25 @@ Used by `examples/run_image_classification.py` (Trainer) and `examples/run_image
 (accelerate). Works for any `AutoModelForImageClassification`, not only ClusTR.
 """
 
+import errno
 import functools
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
@@ -61,6 +65,10 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on this many samples only."})
     image_column_name: str = field(default="image", metadata={"help": "Column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "Column holding the class labels."})
+    skip_bad_images: bool = field(
+        default=False, metadata={"help": "Leave out, with a warning listing them, the images that do not decode "
+                                         "(truncated, corrupt, or above PIL's MAX_IMAGE_PIXELS) instead of stopping."}
+    )
 
 
 @dataclass
@@ -308,7 +316,14 @@ def load_image_dataset(args: DataArguments, seed: int = 0) -> datasets.DatasetDi
     """The training and validation splits (keys 'train' and 'validation') described by `args`, offline where the
     data is local. A dataset without a validation or test split gets `train_val_split` of its training split held out
     (with `seed`). The result's `evaluation_split` names the split 'validation' is (None: held out), for the run
-    record."""
+    record. The images of local or Hub data are checked to decode (see `drop_bad_images`)."""
+    for flag, folder in (("train_dir", args.train_dir), ("validation_dir", args.validation_dir)):
+        if folder is not None and not os.path.isdir(folder):
+            raise FileNotFoundError(f"--{flag} {folder} does not exist or is not a folder; give a folder of class "
+                                    f"sub-folders of images (class/xx.png).")
+        if folder is not None and not any(path.is_file() for path in Path(folder).rglob("*")):
+            raise FileNotFoundError(f"--{flag} {folder} holds no files; give a folder of class sub-folders of images "
+                                    f"(class/xx.png).")
     if args.train_dir is not None:
         data_files = {"train": os.path.join(args.train_dir, "**")}
         if args.validation_dir is not None:
@@ -354,7 +369,66 @@ def load_image_dataset(args: DataArguments, seed: int = 0) -> datasets.DatasetDi
             logger.warning(f"--{flag} {limit} is more than the {len(dataset[name])} images of the {name} split; "
                            f"using all of them.")
         dataset[name] = dataset[name].shuffle(seed=seed).select(range(min(limit, len(dataset[name]))))
+    if args.train_dir is not None or args.dataset_name not in BUILT_IN_DATASETS:  # built-in images always decode
+        for name in dataset:
+            dataset[name] = drop_bad_images(dataset[name], name, args.image_column_name, args.skip_bad_images)
     return dataset
+
+
+def image_name(value: dict, index: int) -> str:
+    """How a message names an undecoded datasets image (`{"path", "bytes"}`): its file, else its row."""
+    return value["path"] or f"row {index}"
+
+
+def image_problem(value: dict, max_pixels: int | None) -> str | None:
+    """Why an undecoded datasets image (`{"path", "bytes"}`) would fail to decode in training, or None: it does not
+    open, has more than `max_pixels` pixels, or its data does not decode to the end (JPEG at 1/8 scale, which still
+    reads every byte)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(value["path"] if value["bytes"] is None else io.BytesIO(value["bytes"])) as image:
+                if max_pixels is not None and image.width * image.height > max_pixels:
+                    return f"{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS ({max_pixels})"
+                image.draft(image.mode, (1, 1))
+                image.load()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _image_problems(values: list[dict], indices: list[int], max_pixels: int | None) -> dict:
+    problems = [image_problem(value, max_pixels) for value in values]
+    return {"problem": [problem and f"{image_name(value, index)} ({problem})"
+                        for value, index, problem in zip(values, indices, problems)]}
+
+
+BAD_IMAGES_LISTED = 100
+"""How many of the images that do not decode an error or warning lists (then it counts the rest)."""
+
+
+def drop_bad_images(split: datasets.Dataset, split_name: str, column: str, skip: bool) -> datasets.Dataset:
+    """`split` after checking that each image of its `column` decodes (a truncated file or a decompression bomb
+    would otherwise stop training when a batch reaches it). Raises listing the bad files, or with `skip` leaves them
+    out with a warning listing them. datasets caches the check of a cached split."""
+    if not isinstance(split.features.get(column), datasets.Image):
+        return split
+    problems = split.cast_column(column, datasets.Image(decode=False)).map(
+        _image_problems, batched=True, with_indices=True, input_columns=[column], remove_columns=split.column_names,
+        fn_kwargs={"max_pixels": Image.MAX_IMAGE_PIXELS}, desc=f"Checking the {split_name} images",
+    )["problem"]
+    bad = [problem for problem in problems if problem]
+    if not bad:
+        return split
+    listing = "".join(f"\n  {problem}" for problem in bad[:BAD_IMAGES_LISTED])
+    if len(bad) > BAD_IMAGES_LISTED:
+        listing += f"\n  ... and {len(bad) - BAD_IMAGES_LISTED} more"
+    if not skip:
+        raise ValueError(f"{len(bad)} of the {len(split)} images of the {split_name} split do not decode:{listing}\n"
+                         f"Replace or remove them, or pass --skip_bad_images to leave them out.")
+    logger.warning(f"Leaving out {len(bad)} of the {len(split)} images of the {split_name} split, which do not "
+                   f"decode (--skip_bad_images):{listing}")
+    return split.select([index for index, problem in enumerate(problems) if not problem])
 
 
 def load_imagefolder(data_files: dict) -> datasets.DatasetDict:
@@ -572,8 +646,13 @@ class TransformedImageDataset(Dataset):
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
-        example = self.dataset[index]
-        image = example[self.image_column].convert("RGB")
+        try:
+            example = self.dataset[index]
+            image = example[self.image_column].convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            value = self.dataset.cast_column(self.image_column, datasets.Image(decode=False))[index][self.image_column]
+            raise OSError(f"The image {image_name(value, index)} does not decode ({type(error).__name__}: {error}); "
+                          f"replace or remove it, or train with --skip_bad_images.") from error
         pixel_values = self.transform(image) if seed is None else _run_seeded(seed, self.transform, image)
         item = {"pixel_values": pixel_values, "labels": example[self.label_column]}
         if seed is not None:
@@ -858,11 +937,34 @@ def _file_digests(folder: Path) -> dict[str, str]:
     return digests
 
 
+FULL_DISK_BYTES = 16 * 2**20
+"""Free space below which a failed write is put down to a full disk (torch's writer reports one without errno)."""
+
+
+def disk_full(error: BaseException, folder: str | os.PathLike) -> bool:
+    """Whether `error`, raised while writing into `folder`, comes from a full disk: errno ENOSPC or EDQUOT, its text
+    in safetensors' error, or almost no space left there (torch's bare `basic_ios::clear: iostream error`)."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error):
+        return True
+    existing = next(path for path in [Path(folder), *Path(folder).absolute().parents] if path.exists())
+    return shutil.disk_usage(existing).free < FULL_DISK_BYTES
+
+
+def disk_full_error(error: BaseException, folder: str | os.PathLike, what: str) -> OSError:
+    """The ENOSPC error to raise from `error` when the disk was full writing `what` into `folder`: names the folder
+    and the fix."""
+    return OSError(
+        errno.ENOSPC,
+        f"The disk holding {folder} is full: {what} could not be written ({type(error).__name__}: {error}). Free "
+        f"space there or use an --output_dir on a larger disk, then resume with --resume_from_checkpoint latest.",
+    )
+
+
 def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, state: dict) -> Path:
     """Save model, optimiser, scheduler and every process's RNG states (accelerate's `save_state`) plus `state`
     (data position and run signature) and the digest of every file as `checkpoints_dir/step_{step}`, atomically:
     everything is written and synced into `step_{step}.partial`, which is then renamed. An existing checkpoint is
-    never overwritten."""
+    never overwritten; on a full disk the partial folder is removed and the error names the folder."""
     checkpoints_dir = Path(checkpoints_dir)
     final, partial = checkpoints_dir / f"step_{step}", checkpoints_dir / f"step_{step}.partial"
     if accelerator.is_main_process:
@@ -871,14 +973,20 @@ def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, 
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state = {**state, "files": _file_digests(partial)}
-        (partial / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=2))
-        _fsync_tree(partial)
-        os.rename(partial, final)
-        _fsync_tree(checkpoints_dir)
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state = {**state, "files": _file_digests(partial)}
+            (partial / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=2))
+            _fsync_tree(partial)
+            os.rename(partial, final)
+            _fsync_tree(checkpoints_dir)
+    except Exception as error:
+        if not disk_full(error, checkpoints_dir):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+        raise disk_full_error(error, checkpoints_dir, f"checkpoint {final.name}") from error
     accelerator.wait_for_everyone()
     return final
 
