@@ -250,7 +250,11 @@ def main(argv=None) -> dict:
         state = load_checkpoint(accelerator, folder, signature)
         global_step, start_epoch, skip_batches = state["step"], state["epoch"], state["batches_in_epoch"]
         log_entries, results = state["log_entries"], state["results"]
-        running = torch.tensor(state["running_loss"][accelerator.process_index], device=accelerator.device)
+        if "running_loss" in state:
+            running = torch.tensor(state["running_loss"][accelerator.process_index], device=accelerator.device)
+        else:
+            logger.warning(f"{folder} was saved without the running loss (an older clustr_hf); the first loss logged "
+                           f"after resuming averages only the steps run since.")
         logger.info(f"Resumed from {folder}: step {global_step}, epoch {start_epoch}, batch {skip_batches}")
     refuse_to_overwrite(list_checkpoints(checkpoints_dir), global_step)
     log_path = output_dir / "train_log.jsonl"
