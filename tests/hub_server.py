@@ -1,8 +1,9 @@
 """A stand-in Hugging Face Hub for tests, on 127.0.0.1: the HTTP endpoints huggingface_hub's client calls to create a
-repository (model or Space), upload a folder with Xet off (README validation, preupload, the LFS batch API with upload
-and verify, commit) and download it again (repository info, tree listing, resolve), keeping file contents in a folder.
-It serves LFS files itself (the Hub redirects to a CDN), with the headers the client reads either way.
-Any other endpoint is answered 404 and recorded in `unknown`, so that a test sees when the client calls something new.
+repository (model or Space) and a branch, upload a folder with Xet off (README validation, preupload, the LFS batch API
+with upload and verify, commit) and download it again (repository info, tree listing, resolve), keeping file contents
+in a folder. It serves LFS files itself (the Hub redirects to a CDN), with the headers the client reads either way.
+Any other endpoint is answered 404 and recorded in `unknown`, so that a test sees when the client calls something new;
+a test makes one endpoint fail through `failures`.
 """
 
 import base64
@@ -10,12 +11,12 @@ import hashlib
 import json
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import yaml
+from huggingface_hub import ModelCard, SpaceCard
 
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".npy", ".zip", ".png", ".jpg")
@@ -30,6 +31,7 @@ ROUTES = [
     ("GET", r"/api/agent-harnesses", "agent_harnesses"),
     ("GET", rf"/api/{KIND}/{REPO}(?:/revision/(?P<revision>[^/]+))?", "info"),
     ("GET", rf"/api/{KIND}/{REPO}/tree/(?P<revision>[^/]+)", "tree"),
+    ("POST", rf"/api/{KIND}/{REPO}/branch/(?P<revision>[^/]+)", "branch"),
     ("POST", rf"/api/{KIND}/{REPO}/preupload/(?P<revision>[^/]+)", "preupload"),
     ("POST", rf"/{PREFIX}{REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
     ("PUT", r"/lfs-storage/(?P<oid>[0-9a-f]{64})", "lfs_upload"),
@@ -54,15 +56,15 @@ def lfs_pointer(oid: str, size: int) -> bytes:
 class Repo:
     kind: str  # models or spaces
     private: bool
-    sdk: str | None = None
-    branches: dict = field(default_factory=dict)  # branch -> commit id (absent until the first commit)
-    trees: dict = field(default_factory=dict)  # commit id -> {path: (sha256, stored through LFS)}
+    sdk: str | None
+    branches: dict  # branch -> commit id
+    trees: dict  # commit id -> {path: (sha256, stored through LFS)}
 
 
 class HubError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, **fields):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.fields = status, code, fields  # fields: more of the error's JSON body
 
 
 class StandInHub(ThreadingHTTPServer):
@@ -79,7 +81,9 @@ class StandInHub(ThreadingHTTPServer):
         self.repos: dict[str, Repo] = {}  # "models/user/name" -> Repo
         self.verified_lfs: set[str] = set()  # sha256 of LFS objects uploaded, checked and verified
         self.calls: list[str] = []  # endpoint names in order
+        self.commits: list[tuple[str, str, str]] = []  # ("models/user/name", branch, summary) in order
         self.unknown: list[str] = []  # "METHOD path" of requests no endpoint answers
+        self.failures: dict[str, tuple[int, str]] = {}  # endpoint name -> (status, message) it answers instead
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -91,6 +95,11 @@ class StandInHub(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self.thread.join(timeout=10)
+
+    @property
+    def repo_calls(self) -> list[str]:
+        """`calls` less the client's fetch of its agent registry, which a process makes once, on its first request."""
+        return [call for call in self.calls if call != "agent_harnesses"]
 
     def tree(self, repo_id: str, kind: str = "models", revision: str = "main") -> dict:
         repo = self.repos[f"{kind}/{repo_id}"]
@@ -153,11 +162,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         try:
             with self.server.lock:
                 self.server.calls.append(name)
+                if name in self.server.failures:
+                    raise HubError(*self.server.failures[name])
                 self.check_token(write=name not in ("agent_harnesses", "info", "tree", "resolve", "lfs_upload"))
                 status, payload, headers = getattr(self, name)(body, **arguments)
         except HubError as error:
             headers = {"X-Error-Message": str(error)} | ({"X-Error-Code": error.code} if error.code else {})
-            return self.send(error.status, json.dumps({"error": str(error)}).encode(), headers)
+            return self.send(error.status, json.dumps({"error": str(error), **error.fields}).encode(), headers)
         content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send(status, content, headers)
 
@@ -174,10 +185,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         repo = self.server.repos.get(f"{kind}/{repo_id}")
         if repo is None or repo.private and self.headers.get("Authorization") is None:
             raise HubError(404, "Repository not found", "RepoNotFound")
-        if revision is None:
-            return repo, repo.branches.get("main")
+        revision = revision or "main"
         commit = repo.branches.get(revision, revision if revision in repo.trees else None)
-        if commit is None and revision != "main":
+        if commit is None:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return repo, commit
 
@@ -189,18 +199,21 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         kind = f"{request.get('type', 'model')}s"
         repo_id = f"{request['organization'] or 'user'}/{request['name']}"
         if f"{kind}/{repo_id}" in self.server.repos:
-            raise HubError(409, "You already created this repo")
+            raise HubError(409, "You already created this repo", url=self.url(kind, repo_id))
         if kind == "spaces" and request.get("sdk") not in SPACE_SDKS:
             raise HubError(400, f"A Space needs an sdk, one of {', '.join(SPACE_SDKS)}")
         private = request.get("visibility", "public") == "private"
-        self.server.repos[f"{kind}/{repo_id}"] = Repo(kind, private, request.get("sdk"))
+        first = hashlib.sha1(f"{kind}/{repo_id}".encode()).hexdigest()  # empty (the Hub's holds a .gitattributes)
+        self.server.repos[f"{kind}/{repo_id}"] = Repo(kind, private, request.get("sdk"), {"main": first}, {first: {}})
         return 200, {"url": self.url(kind, repo_id), "name": repo_id}, {}
 
     def validate_yaml(self, body):
-        content = json.loads(body)["content"]
-        metadata = yaml.safe_load(content.split("---")[1]) if content.startswith("---") else {}
-        if not isinstance(metadata, dict):
-            raise HubError(400, "The README's metadata is not a YAML mapping")
+        request = json.loads(body)
+        try:
+            (SpaceCard if request.get("repoType") == "space" else ModelCard)(request["content"],
+                                                                              ignore_metadata_errors=False)
+        except ValueError as error:
+            raise HubError(400, f"Invalid README metadata: {error}")
         return 200, {"errors": [], "warnings": []}, {}
 
     def agent_harnesses(self, body):
@@ -209,13 +222,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
     def info(self, body, kind, repo, revision=None):
         entry, commit = self.repo(kind, repo, revision)
-        siblings = [{"rfilename": path} for path in sorted(entry.trees.get(commit, {}))]
+        siblings = [{"rfilename": path} for path in sorted(entry.trees[commit])]
         return 200, {"id": repo, "sha": commit, "private": entry.private, "sdk": entry.sdk, "siblings": siblings}, {}
 
     def tree(self, body, kind, repo, revision):
         entry, commit = self.repo(kind, repo, revision)
         listing = []
-        for path, (oid, lfs) in sorted(entry.trees.get(commit, {}).items()):
+        for path, (oid, lfs) in sorted(entry.trees[commit].items()):
             size = (self.server.objects / oid).stat().st_size
             item = {"type": "file", "path": path, "size": size, "oid": git_blob_id(self.server.read(oid))}
             if lfs:
@@ -224,9 +237,16 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             listing.append(item)
         return 200, listing, {}
 
+    def branch(self, body, kind, repo, revision):
+        entry, _ = self.repo(kind, repo)
+        if revision in entry.branches:
+            raise HubError(409, f"Branch {revision} already exists")
+        entry.branches[revision] = self.repo(kind, repo, json.loads(body).get("startingPoint", "main"))[1]
+        return 200, {}, {}
+
     def preupload(self, body, kind, repo, revision):
         entry, commit = self.repo(kind, repo, revision)
-        tree = entry.trees.get(commit, {})
+        tree = entry.trees[commit]
         files = []
         for file in json.loads(body)["files"]:
             binary = b"\0" in base64.b64decode(file["sample"])
@@ -269,7 +289,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         lines = [json.loads(line) for line in body.decode().splitlines() if line]
         if lines[0]["key"] != "header":
             raise HubError(400, "A commit starts with its header")
-        tree = dict(entry.trees.get(parent, {}))
+        tree = dict(entry.trees[parent])
         for line in lines[1:]:
             key, value = line["key"], line["value"]
             if key == "file":
@@ -283,12 +303,13 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         commit = hashlib.sha1(json.dumps([parent, sorted(tree.items()), lines[0]["value"]]).encode()).hexdigest()
         entry.trees[commit] = tree
         entry.branches[revision] = commit
+        self.server.commits.append((f"{kind}/{repo}", revision, lines[0]["value"]["summary"]))
         return 200, {"commitUrl": f"{self.url(kind, repo)}/commit/{commit}", "commitOid": commit,
                      "pullRequestUrl": None}, {}
 
     def resolve(self, body, kind, repo, revision, path):
         entry, commit = self.repo(kind, repo, revision)
-        if path not in entry.trees.get(commit, {}):
+        if path not in entry.trees[commit]:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
         oid, lfs = entry.trees[commit][path]
         content = self.server.read(oid)

@@ -135,5 +135,5 @@ def test_wrong_token_is_refused_with_a_clear_error_and_nothing_stored(trained_fo
     assert "401" in completed.stderr and "HF_TOKEN" in completed.stderr
     assert wrong_token not in completed.stdout + completed.stderr
     assert hub.unknown == []
-    assert [call for call in hub.calls if call != "agent_harnesses"] == ["create", "info"]  # info: exist_ok's check
+    assert hub.repo_calls == ["create", "info"]  # info: exist_ok's check
     assert hub.repos == {} and not any(hub.objects.iterdir())

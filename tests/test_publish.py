@@ -11,10 +11,7 @@ import json
 import re
 import shlex
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import PIL.Image
@@ -22,6 +19,7 @@ import pytest
 import torch
 from conftest import run_without_clustr_hf, tiny_config
 from huggingface_hub import ModelCard, SpaceCard, constants
+from hub_server import StandInHub
 from reference_forward import reference_state_dict
 from safetensors.torch import load_file
 from skimage import data
@@ -627,175 +625,18 @@ def test_dry_run_with_a_space_writes_both_folders_with_either_flag_spelling(trai
 
 # ------------------------------------------------------------------------------------------- the stand-in Hub
 
-class StandInHub(ThreadingHTTPServer):
-    """The few endpoints of the Hub's HTTP API that create_repo, create_branch and upload_folder call when Xet is off:
-    repo creation, README validation, branches, preupload, the LFS batch API with upload and verify, and commit.
-    It keeps what arrives, and can be told to fail one endpoint."""
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), StandInHubRequestHandler)
-        self.endpoint = f"http://127.0.0.1:{self.server_port}"
-        self.repos = {}  # repo id -> {"visibility": ..., "branches": {name: {path: bytes}}}
-        self.lfs_objects = {}  # sha256 -> bytes
-        self.regular_files = []  # paths committed as regular (base64) files
-        self.commits = []  # (repo id, branch, summary)
-        self.calls = []  # endpoint names in order
-        self.failures = {}  # endpoint name -> (status, message)
-
-
-class StandInHubRequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    ROUTES = [
-        ("POST", r"/api/repos/create", "create"),
-        ("POST", r"/api/validate-yaml", "validate-yaml"),
-        ("POST", r"/api/models/(?P<repo>[^/]+/[^/]+)/branch/(?P<revision>[^/]+)", "branch"),
-        ("POST", r"/api/(?P<kind>models|spaces)/(?P<repo>[^/]+/[^/]+)/preupload/(?P<revision>[^/]+)", "preupload"),
-        ("POST", r"/(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch", "lfs-batch"),
-        ("PUT", r"/stand-in-lfs/(?P<oid>[0-9a-f]{64})", "lfs-upload"),
-        ("POST", r"/stand-in-lfs/(?P<oid>[0-9a-f]{64})/verify", "lfs-verify"),
-        ("POST", r"/api/(?P<kind>models|spaces)/(?P<repo>[^/]+/[^/]+)/commit/(?P<revision>[^/]+)", "commit"),
-    ]
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        self.dispatch("POST")
-
-    def do_PUT(self):
-        self.dispatch("PUT")
-
-    def do_GET(self):
-        self.dispatch("GET")
-
-    def body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0], 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            self.rfile.readline()
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
-
-    def reply(self, status: int, payload: dict) -> None:
-        content = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(content)))
-        self.end_headers()
-        self.wfile.write(content)
-
-    def dispatch(self, method: str) -> None:
-        body = self.body()
-        path = urlparse(self.path).path
-        for route_method, pattern, name in self.ROUTES:
-            if method == route_method and (match := re.fullmatch(pattern, path)):
-                break
-        else:
-            return self.reply(404, {"error": f"Not found: {method} {path}"})
-        self.server.calls.append(name)
-        if name in self.server.failures:
-            status, message = self.server.failures[name]
-            return self.reply(status, {"error": message})
-        if not name.startswith("lfs-") and self.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return self.reply(401, {"error": "Invalid credentials in Authorization header"})
-        arguments = {key: unquote(value) for key, value in match.groupdict().items()}
-        getattr(self, "handle_" + name.replace("-", "_"))(body, **arguments)
-
-    def handle_create(self, body):
-        request = json.loads(body)
-        repo_id = f"{request.get('organization') or 'test-user'}/{request['name']}"
-        if repo_id in self.server.repos:
-            return self.reply(409, {"error": "You already created this model repo", "url": self.url(repo_id)})
-        self.server.repos[repo_id] = {"visibility": request.get("visibility"), "branches": {"main": {}},
-                                      "type": request.get("type", "model"), "sdk": request.get("sdk")}
-        self.reply(200, {"url": self.url(repo_id)})
-
-    def handle_validate_yaml(self, body):
-        request = json.loads(body)
-        try:
-            (SpaceCard if request.get("repoType") == "space" else ModelCard)(request["content"],
-                                                                              ignore_metadata_errors=False)
-        except ValueError as error:
-            return self.reply(400, {"errors": [{"message": str(error)}]})
-        self.reply(200, {"errors": [], "warnings": []})
-
-    def handle_branch(self, body, repo, revision):
-        branches = self.server.repos[repo]["branches"]
-        if revision in branches:
-            return self.reply(409, {"error": "Branch already exists"})
-        branches[revision] = dict(branches["main"])
-        self.reply(200, {})
-
-    def handle_preupload(self, body, kind, repo, revision):
-        if revision not in self.server.repos.get(repo, {}).get("branches", {}):
-            return self.reply(404, {"error": f"Revision not found: {revision}"})
-        files = json.loads(body)["files"]
-        self.reply(200, {"files": [
-            {"path": file["path"], "uploadMode": "lfs" if file["path"].endswith(".safetensors") else "regular",
-             "shouldIgnore": False, "oid": None}
-            for file in files
-        ]})
-
-    def handle_lfs_batch(self, body, repo):
-        objects = json.loads(body)["objects"]
-        self.reply(200, {"transfer": "basic", "objects": [
-            {"oid": obj["oid"], "size": obj["size"], "authenticated": True, "actions": {
-                "upload": {"href": f"{self.server.endpoint}/stand-in-lfs/{obj['oid']}"},
-                "verify": {"href": f"{self.server.endpoint}/stand-in-lfs/{obj['oid']}/verify"},
-            }}
-            for obj in objects
-        ]})
-
-    def handle_lfs_upload(self, body, oid):
-        if hashlib.sha256(body).hexdigest() != oid:
-            return self.reply(400, {"error": "Content does not match its sha256"})
-        self.server.lfs_objects[oid] = body
-        self.reply(200, {})
-
-    def handle_lfs_verify(self, body, oid):
-        request = json.loads(body)
-        if len(self.server.lfs_objects.get(oid, b"")) != request["size"] or not request["size"]:
-            return self.reply(404, {"error": f"LFS object {oid} was not uploaded"})
-        self.reply(200, {})
-
-    def handle_commit(self, body, kind, repo, revision):
-        lines = [json.loads(line) for line in body.decode().splitlines() if line]
-        files = {}
-        for line in lines[1:]:
-            value = line["value"]
-            if line["key"] == "file":
-                files[value["path"]] = base64.b64decode(value["content"])
-                self.server.regular_files.append(value["path"])
-            elif line["key"] == "lfsFile":
-                if value["oid"] not in self.server.lfs_objects:
-                    return self.reply(422, {"error": f"LFS object of {value['path']} was never uploaded"})
-                files[value["path"]] = self.server.lfs_objects[value["oid"]]
-        self.server.repos[repo]["branches"][revision].update(files)
-        self.server.commits.append((repo, revision, lines[0]["value"]["summary"]))
-        oid = hashlib.sha1(body).hexdigest()
-        self.reply(200, {"commitUrl": f"{self.url(repo)}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
-
-    def url(self, repo_id: str) -> str:
-        return f"{self.server.endpoint}/{repo_id}"
-
-
 @pytest.fixture
 def stand_in_hub(monkeypatch, tmp_path):
-    """huggingface_hub pointed at a StandInHub: online, Xet off (plain preupload + LFS + commit), a token in HF_TOKEN
-    and no token file."""
-    server = StandInHub()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    yield server
-    server.shutdown()
-    server.server_close()
+    """huggingface_hub pointed at a StandInHub (tests/hub_server.py): online, Xet off (plain preupload + LFS + commit),
+    a token in HF_TOKEN, no token file, and the agent registry it fetches cached under tmp_path."""
+    with StandInHub(tmp_path / "stand-in-hub", TOKEN) as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield server
 
 
 def push_to_hub_cli():
@@ -811,31 +652,31 @@ def test_push_to_hub_uploads_every_file_of_the_folder(stand_in_hub, trained_fold
     status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--output-dir", str(output_dir),
                                 "--dataset", DATASET, "--private", "--commit-message", "First ClusTR upload"])
     assert status == 0, capsys.readouterr().err
-    repo = stand_in_hub.repos[REPO_ID]
-    assert repo["visibility"] == "private"
-    assert repo["branches"]["main"] == folder_contents(output_dir)
-    assert set(repo["branches"]["main"]) == HUB_FILE_NAMES
+    assert stand_in_hub.repos[f"models/{REPO_ID}"].private
+    assert stand_in_hub.files(REPO_ID) == folder_contents(output_dir)
+    assert set(stand_in_hub.files(REPO_ID)) == HUB_FILE_NAMES
     weights = (output_dir / "model.safetensors").read_bytes()
-    assert stand_in_hub.lfs_objects == {hashlib.sha256(weights).hexdigest(): weights}  # weights went through LFS
-    assert "model.safetensors" not in stand_in_hub.regular_files and "README.md" in stand_in_hub.regular_files
-    assert stand_in_hub.commits == [(REPO_ID, "main", "First ClusTR upload")]
-    assert stand_in_hub.calls[0] == "create" and stand_in_hub.calls[-1] == "commit"
-    assert {"preupload", "lfs-batch", "lfs-upload", "lfs-verify", "validate-yaml"} <= set(stand_in_hub.calls)
+    assert stand_in_hub.verified_lfs == {hashlib.sha256(weights).hexdigest()}  # the weights went through LFS
+    assert stand_in_hub.lfs_paths(REPO_ID) == {"model.safetensors"}  # the other files as regular files
+    assert stand_in_hub.unknown == []
+    assert stand_in_hub.commits == [(f"models/{REPO_ID}", "main", "First ClusTR upload")]
+    assert stand_in_hub.repo_calls[0] == "create" and stand_in_hub.repo_calls[-1] == "commit"
+    assert {"preupload", "lfs_batch", "lfs_upload", "lfs_verify", "validate_yaml"} <= set(stand_in_hub.calls)
     assert f"Uploaded: {stand_in_hub.endpoint}/{REPO_ID}/commit/" in capsys.readouterr().out
 
 
 def test_upload_to_a_revision_creates_the_branch(stand_in_hub, hub_folder):
     commit = upload_hub_folder(hub_folder, REPO_ID, revision="experiment-1")
-    branches = stand_in_hub.repos[REPO_ID]["branches"]
-    assert branches["experiment-1"] == folder_contents(hub_folder) and branches["main"] == {}
-    assert stand_in_hub.repos[REPO_ID]["visibility"] == "public"
-    assert commit.oid in commit.commit_url and stand_in_hub.commits[0][:2] == (REPO_ID, "experiment-1")
+    assert stand_in_hub.files(REPO_ID, revision="experiment-1") == folder_contents(hub_folder)
+    assert stand_in_hub.files(REPO_ID) == {}
+    assert not stand_in_hub.repos[f"models/{REPO_ID}"].private
+    assert commit.oid in commit.commit_url and stand_in_hub.commits[0][:2] == (f"models/{REPO_ID}", "experiment-1")
 
 
 @pytest.mark.parametrize("endpoint, status, message, step", [
     ("commit", 500, "Internal error while committing", "while uploading"),
     ("create", 403, "You don't have the rights to create a model under the namespace", "while creating the repository"),
-    ("lfs-upload", 400, "Upload rejected by storage", "Error while uploading 'model.safetensors'"),
+    ("lfs_upload", 400, "Upload rejected by storage", "Error while uploading 'model.safetensors'"),
 ])
 def test_failed_upload_says_what_failed_and_leaves_the_folder_intact(
         stand_in_hub, hub_folder, endpoint, status, message, step):
@@ -850,19 +691,20 @@ def test_failed_upload_says_what_failed_and_leaves_the_folder_intact(
     stand_in_hub.failures.clear()  # the cause is fixed: the command the error names uploads the same folder
     command = shlex.split(str(error.value).rsplit("python examples/push_to_hub.py ", 1)[1])
     assert push_to_hub_cli()(command) == 0
-    assert stand_in_hub.repos[REPO_ID]["branches"]["main"] == before
+    assert stand_in_hub.files(REPO_ID) == before
 
 
 def test_push_to_hub_with_a_space_uploads_the_model_then_the_space(stand_in_hub, trained_folder, tmp_path, capsys):
     status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--output-dir", str(tmp_path / "hub"),
                                 "--dataset", DATASET, "--space", SPACE_ID, "--space-dir", str(tmp_path / "space")])
     assert status == 0, capsys.readouterr().err
-    assert stand_in_hub.repos[REPO_ID]["branches"]["main"] == folder_contents(tmp_path / "hub")
-    space = stand_in_hub.repos[SPACE_ID]
-    assert (space["type"], space["sdk"]) == ("space", "gradio")
-    assert space["branches"]["main"] == folder_contents(tmp_path / "space")
-    assert [commit[0] for commit in stand_in_hub.commits] == [REPO_ID, SPACE_ID]
-    assert f"Uploaded the Space: {stand_in_hub.endpoint}/{SPACE_ID}/commit/" in capsys.readouterr().out
+    assert stand_in_hub.files(REPO_ID) == folder_contents(tmp_path / "hub")
+    space = stand_in_hub.repos[f"spaces/{SPACE_ID}"]
+    assert (space.kind, space.sdk) == ("spaces", "gradio")
+    assert stand_in_hub.files(SPACE_ID, kind="spaces") == folder_contents(tmp_path / "space")
+    assert [commit[0] for commit in stand_in_hub.commits] == [f"models/{REPO_ID}", f"spaces/{SPACE_ID}"]
+    assert stand_in_hub.unknown == []
+    assert f"Uploaded the Space: {stand_in_hub.endpoint}/spaces/{SPACE_ID}/commit/" in capsys.readouterr().out
 
 
 def test_failed_space_upload_names_the_command_that_uploads_it_again(stand_in_hub, tmp_path):
@@ -874,8 +716,8 @@ def test_failed_space_upload_names_the_command_that_uploads_it_again(stand_in_hu
     command = shlex.split(str(error.value).rsplit("python examples/push_to_hub.py ", 1)[1])
     assert command == [str(folder), "--upload-only", "--repo-id", REPO_ID, "--space", SPACE_ID]
     assert push_to_hub_cli()(command) == 0
-    assert stand_in_hub.repos[SPACE_ID]["branches"]["main"] == folder_contents(folder)
-    assert REPO_ID not in stand_in_hub.repos  # --upload-only --space uploads the Space folder only
+    assert stand_in_hub.files(SPACE_ID, kind="spaces") == folder_contents(folder)
+    assert f"models/{REPO_ID}" not in stand_in_hub.repos  # --upload-only --space uploads the Space folder only
 
 
 def test_no_token_is_a_clear_error_before_any_request(stand_in_hub, hub_folder, monkeypatch):
