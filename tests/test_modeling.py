@@ -110,18 +110,52 @@ def test_clustered_attention_is_the_weighted_cluster_mean_attention_of_the_spec(
     torch.testing.assert_close(output[0], expected, rtol=1e-5, atol=1e-5)
 
 
+def kolmogorov_smirnov_distance(weights: torch.Tensor, std: float) -> float:
+    """The largest gap between the empirical distribution of `weights` and that of a normal of mean 0 and `std`."""
+    values = weights.detach().flatten().double().sort().values
+    count = values.numel()
+    cdf = torch.special.ndtr(values / std)
+    ranks = torch.arange(1, count + 1, dtype=torch.float64)
+    return max((ranks / count - cdf).max().item(), (cdf - (ranks - 1) / count).max().item())
+
+
+def assert_normal(weights: torch.Tensor, std: float, tests: int, name: str) -> None:
+    """Kolmogorov-Smirnov test at a false alarm rate of 1e-6 over `tests` tests: P(sqrt(n) D > c) <= 2 exp(-2 c^2).
+
+    It tells a uniform of the same std, a normal truncated at 2 std or a std off by 5% apart at 500,000 weights."""
+    critical = math.sqrt(math.log(2 * tests / 1e-6) / 2)
+    distance = kolmogorov_smirnov_distance(weights, std)
+    assert distance * math.sqrt(weights.numel()) < critical, f"{name} is not a normal of std {std:.4g}: D = {distance}"
+
+
 def test_initialisation_follows_the_reference():
+    """Section 1.7 for every weight: linears N(0, 0.02) (truncated at +-2, i.e. 100 std, so normal in effect),
+    convolutions N(0, sqrt(2 / fan_out)), LayerNorms at 1 and 0, all biases 0 (PyTorch's defaults differ in each)."""
     torch.manual_seed(0)
     model = ClusTRForImageClassification(ClusTRConfig.from_variant("b0", num_labels=10))
-    fc1 = model.clustr.encoder.stages[3].blocks[0].mlp.dense1.weight
-    assert abs(fc1.std().item() - 0.02) < 0.001 and fc1.abs().max() <= 2  # truncated at +-2 as in timm, i.e. 100 std
-    patch = model.clustr.encoder.stages[0].patch_embeddings.proj.weight  # fan_out = 7 * 7 * 32
-    assert abs(patch.std().item() - math.sqrt(2 / (7 * 7 * 32))) < 0.1 * math.sqrt(2 / (7 * 7 * 32))
-    dwconv = model.clustr.encoder.stages[0].blocks[0].mlp.dwconv.weight  # fan_out = 3 * 3 * 256 / 256 groups
-    assert abs(dwconv.std().item() - math.sqrt(2 / 9)) < 0.1 * math.sqrt(2 / 9)
-    norm = model.clustr.encoder.stages[1].blocks[1].layer_norm_1
-    assert torch.equal(norm.weight, torch.ones(64)) and torch.equal(norm.bias, torch.zeros(64))
-    assert all(m.bias.abs().max() == 0 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert len(layers) == 65  # per block: 6 linears and a depthwise convolution (stage 4: 5), 4 patch embeddings
+    for name, layer in layers.items():
+        if isinstance(layer, torch.nn.Linear):
+            std = 0.02
+        else:
+            std = math.sqrt(2 * layer.groups / (layer.kernel_size[0] * layer.kernel_size[1] * layer.out_channels))
+        assert_normal(layer.weight, std, len(layers), name)
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias)), name
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 24  # per stage: the patch embedding's, two per block, the stage's last
+    for norm in norms:
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+        assert torch.equal(norm.bias, torch.zeros_like(norm.bias))
+
+
+def test_a_new_classifier_head_gets_the_reference_initialisation(tmp_path):
+    """Fine-tuning to other labels replaces the head; the new one is initialised as in section 1.7, not PyTorch's."""
+    classifier(tiny_config(num_labels=10)).save_pretrained(tmp_path)
+    torch.manual_seed(1)
+    model = ClusTRForImageClassification.from_pretrained(tmp_path, num_labels=300, ignore_mismatched_sizes=True)
+    assert_normal(model.classifier.weight, 0.02, 1, "the new classifier")
+    assert torch.equal(model.classifier.bias, torch.zeros(300))
 
 
 def test_drop_path_rises_linearly_over_all_blocks():
@@ -131,13 +165,21 @@ def test_drop_path_rises_linearly_over_all_blocks():
 
 
 def test_drop_path_only_acts_in_training():
+    """In eval a model with drop path gives, every time, what the same weights give without it; in training it drops."""
     model = classifier(tiny_config(drop_path_rate=0.5))
+    without_drop_path = ClusTRForImageClassification(tiny_config(drop_path_rate=0.0)).eval()
+    without_drop_path.load_state_dict(model.state_dict())
     pixel_values = photo_batch((32, 32))
     with torch.no_grad():
+        torch.manual_seed(0)
         evaluated = model(pixel_values).logits
+        torch.manual_seed(1)
+        assert torch.equal(model(pixel_values).logits, evaluated)
+        assert torch.equal(without_drop_path(pixel_values).logits, evaluated)
         model.train()
         torch.manual_seed(0)
         trained = model(pixel_values).logits
+        assert torch.equal(without_drop_path.train()(pixel_values).logits, evaluated)  # nothing else is random
     assert not torch.allclose(evaluated, trained)
 
 

@@ -1,9 +1,11 @@
-"""The README's quick-start code runs and prints what its comments say."""
+"""The README's quick-start code runs and gives what its comments say."""
 
 import contextlib
 import io
 import re
 from pathlib import Path
+
+import torch
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -13,16 +15,16 @@ def quick_start_code() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_quick_start_runs_and_prints_what_it_claims():
-    code = quick_start_code()
-    printed = io.StringIO()
+def test_quick_start_runs_and_gives_what_it_claims():
+    printed, names = io.StringIO(), {}
     with contextlib.redirect_stdout(printed):
-        exec(compile(code, str(README), "exec"), {})
-    claims = [line.split("#", 1)[1].strip() for line in code.splitlines() if line.startswith("print(") and "#" in line]
-    lines = printed.getvalue().splitlines()
-    assert len(lines) == len(claims)
-    for line, claim in zip(lines, claims):
-        if claim.startswith("torch.Size"):
-            assert line == claim.split(":")[0]
-        elif claim.startswith("[("):
-            assert line.startswith(claim.split(", ...")[0])
+        exec(compile(quick_start_code(), str(README), "exec"), names)
+    # b0's widths 32, 64, 160, 256 at strides 4, 8, 16, 32 of the 224x160 input.
+    maps = [(2, 32, 56, 40), (2, 64, 28, 20), (2, 160, 14, 10), (2, 256, 7, 5)]
+    assert printed.getvalue().splitlines() == [
+        "torch.Size([2, 10])", str(maps), "torch.Size([2, 2, 2240])", str(maps),  # stage 1: 56 x 40 = 2240 tokens
+    ]
+    torch.testing.assert_close(names["clusters"].last_hidden_state.detach(), names["outputs"].hidden_states[-1])
+    coarse, fine = names["assignments"][0]
+    assert sorted(set(coarse.tolist())) == list(range(49))  # 49 clusters of the 196 tokens
+    assert sorted(fine.tolist()) == list(range(196))  # 196 clusters: a token each

@@ -4,6 +4,7 @@ uses augmentation fit for small, orientation-sensitive images; one demo accuracy
 import ast
 import re
 import shlex
+import subprocess
 
 from training_helpers import REPO
 from training_utils import DataArguments, ModelArguments, RecipeArguments, parse_arguments
@@ -41,3 +42,13 @@ def test_pip_installs_name_packages_that_exist():
     for arguments in installs:
         assert not re.search(r"(?<![\w.-])clustr_hf", arguments), f"pip install {arguments}: not on PyPI"
         assert set(re.findall(r'-e "\.\[(\w+)\]"', arguments)) <= extras, arguments
+
+
+def test_only_make_test_installs_chromium(tmp_path):
+    """The set-up paragraph: `make test` installs the browser test's Chromium as root, `make demo` and `make app` do
+    not; `make -n -B` prints every command a target would run from scratch, running none."""
+    plans = {target: subprocess.run(["make", "-n", "-B", target, f"VENV={tmp_path / 'venv'}"], cwd=REPO, check=True,
+                                    capture_output=True, text=True).stdout for target in ("demo", "test", "app")}
+    installs_chromium = "apt-get install -y -qq chromium chromium-driver"
+    assert installs_chromium in plans["test"] and 'if [ "$(id -u)" = 0 ]' in plans["test"]
+    assert installs_chromium not in plans["demo"] and installs_chromium not in plans["app"]

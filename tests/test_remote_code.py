@@ -5,13 +5,16 @@ import json
 import re
 import shutil
 
+import huggingface_hub
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from conftest import run_without_clustr_hf, tiny_config
+from huggingface_hub.errors import HFValidationError, OfflineModeIsEnabled
 from skimage import data
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -51,7 +54,7 @@ processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
 pil_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True, backend="pil")
 base_model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
 classifier = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
-# AutoBackbone.from_pretrained(local folder) fails in transformers 5.24 (it asks the Hub whether the folder is a repo);
+# AutoBackbone.from_pretrained does not load a local folder (test_auto_backbone_from_pretrained_asks_the_hub_...);
 # from_config goes through the same auto_map entry.
 backbone_class = type(AutoBackbone.from_config(config, trust_remote_code=True))
 backbone = backbone_class.from_pretrained(folder).eval()
@@ -144,3 +147,24 @@ def test_installed_package_loads_saved_folders_without_trust_remote_code(saved_c
     classify = pipeline("image-classification", model=folder)
     assert type(classify.model) is ClusTRForImageClassification
     assert {entry["label"] for entry in classify(chelsea())} == set(LABELS.values())
+
+
+def test_auto_backbone_from_pretrained_asks_the_hub_so_local_folders_load_through_from_config(saved_classifier,
+                                                                                               monkeypatch):
+    """The README's remote-code block: AutoBackbone.from_pretrained takes a local folder for a Hub repo name (a path
+    is no valid one; a bare name it looks up, which offline fails), and its from_config workaround loads the folder."""
+    folder, model, processor = saved_classifier
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(folder.parent)
+    with pytest.raises(OfflineModeIsEnabled):
+        AutoBackbone.from_pretrained(folder.name)
+    for path in (str(folder), f"./{folder.name}"):
+        with pytest.raises(HFValidationError):
+            AutoBackbone.from_pretrained(path)
+    config = AutoConfig.from_pretrained(folder.name)
+    backbone = type(AutoBackbone.from_config(config, trust_remote_code=True)).from_pretrained(folder.name).eval()
+    assert type(backbone) is ClusTRBackbone
+    pixel_values = processor(chelsea(), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        expected = model.clustr(pixel_values).last_hidden_state
+        torch.testing.assert_close(backbone(pixel_values).feature_maps[-1], expected)

@@ -8,7 +8,6 @@ import math
 import re
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from training_helpers import (
     DIGIT_LABELS,
-    EXAMPLES,
     finish,
     run_no_trainer,
     save_tiny_classifier,
@@ -165,37 +163,6 @@ def test_help_lists_every_flag(script, capsys):
         missing = [field.name for field in dataclasses.fields(arguments)
                    if field.init and f"--{field.name} " not in listed and f"--{field.name}\n" not in listed]
         assert not missing, f"--help does not list {missing}"
-
-
-@pytest.mark.parametrize("spelling", ["--output_dir", "--output-dir"])
-def test_every_script_takes_both_output_dir_spellings(spelling):
-    import demo
-    import semantic_segmentation
-    from run_image_classification_no_trainer import LoopArguments
-    from transformers import TrainingArguments
-
-    assert demo.parse_args([spelling, "out"]).output_dir == "out"
-    assert semantic_segmentation.parse_args([spelling, "out"]).output_dir == "out"
-    for script_flags in (LoopArguments, TrainingArguments):
-        *_, parsed = parse_arguments([ModelArguments, DataArguments, RecipeArguments, script_flags], [spelling, "out"])
-        assert parsed.output_dir == "out"
-
-
-def test_every_training_script_lets_idle_openmp_threads_sleep():
-    """OMP_WAIT_POLICY=PASSIVE (benchmarks/README.md, OpenMP wait policy) is set before anything loads torch."""
-    import ast
-
-    for script in ("demo.py", "run_image_classification.py", "run_image_classification_no_trainer.py",
-                   "semantic_segmentation.py", "../benchmarks/accuracy.py"):
-        statements = ast.parse((EXAMPLES / script).read_text()).body
-        setting = next(index for index, statement in enumerate(statements)
-                       if ast.unparse(statement) == "os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')")
-        first_other_import = min(
-            index for index, statement in enumerate(statements) if isinstance(statement, (ast.Import, ast.ImportFrom))
-            and (statement.names[0].name if isinstance(statement, ast.Import) else statement.module).split(".")[0]
-            not in sys.stdlib_module_names
-        )
-        assert setting < first_other_import, script
 
 
 @pytest.mark.parametrize("script, flags, message", [
