@@ -444,7 +444,7 @@ for example in examples[:2]:
 results["card_logits"] = namespace["logits"]
 results["card_pipeline"] = namespace["classify"]("cat.jpg")
 
-# The card's AutoBackbone example needs the Hub (transformers 5.24 asks it whether repo_id is a repository); the card
+# The card's AutoBackbone example needs the Hub (transformers 5.25 asks it whether repo_id is a repository); the card
 # says so and gives the snippet for a local folder, run here as written but for this folder.
 assert "AutoBackbone.from_pretrained(" in examples[2] and "get_class_from_dynamic_module" in examples[3]
 exec(examples[3].replace('"clustr-local/"', repr(folder)), namespace)
