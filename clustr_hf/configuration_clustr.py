@@ -1,5 +1,7 @@
 """ClusTR model configuration (docs/algorithm.md sections 1, 2 and 4)."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
@@ -23,6 +25,13 @@ VARIANTS = {
 
 CLUSTERING_MODES = ("exact", "pooled")
 """Values of `ClusTRConfig.clustering_mode`."""
+
+UPPER_BOUNDS = {
+    "depths": 100, "hidden_sizes": 8192, "mlp_ratios": 16, "patch_sizes": 64, "num_channels": 1024,
+    "num_labels": 1_000_000,
+}
+"""The largest value of each field (of every stage's, for the per-stage lists), far above any published vision model's:
+a typo such as depths=[2, 2, 2, 1000000] is an error, where the model would take hours or all memory to build."""
 
 _PER_STAGE_FIELDS = (
     "hidden_sizes", "num_attention_heads", "mlp_ratios", "patch_sizes", "strides", "cluster_reduction_ratios",
@@ -63,11 +72,15 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
             attention probabilities.
         drop_path_rate (`float`): stochastic depth rate of the last block, rising linearly from 0 over all blocks.
         initializer_range (`float`): standard deviation of the truncated normal initialisation of linear layers.
-        layer_norm_eps (`float`): epsilon of the block and stage LayerNorms (1e-6 in the reference).
-        patch_embed_layer_norm_eps (`float`): epsilon of the patch-embedding LayerNorms (1e-5 in the reference).
+        layer_norm_eps (`float`): epsilon of the block and stage LayerNorms (1e-6 in the reference); positive.
+        patch_embed_layer_norm_eps (`float`): epsilon of the patch-embedding LayerNorms (1e-5 in the reference);
+            positive.
         qkv_bias (`bool`): whether the query and key/value projections have a bias.
         out_features (`list[str]`), out_indices (`list[int]`): the stages a `ClusTRBackbone` returns
             (`"stage1"`..`"stage4"`); the last stage by default.
+
+    `num_labels` (or `id2label`) gives the classifier's classes, at least one. `UPPER_BOUNDS` caps the sizes: depths
+    100 per stage, hidden_sizes 8192, mlp_ratios 16, patch_sizes 64, num_channels 1024 and num_labels 1,000,000.
     """
 
     model_type = "clustr"
@@ -99,6 +112,8 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         self.validate_stage_lists()  # before the backbone fields, which would report a mismatch as bad out_features
+        if kwargs.get("num_labels") is not None:  # before transformers builds id2label, one entry per label
+            check_upper_bound("num_labels", kwargs["num_labels"])
         self.stage_names = [f"stage{idx}" for idx in range(1, len(self.depths) + 1)]
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
@@ -175,6 +190,24 @@ class ClusTRConfig(BackboneConfigMixin, PreTrainedConfig):
             raise ValueError(f"hidden_act={self.hidden_act!r} is not a known activation; try 'gelu'.")
         if self.num_channels < 1:
             raise ValueError(f"num_channels={self.num_channels} must be >= 1.")
+        for name in ("layer_norm_eps", "patch_embed_layer_norm_eps"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive: LayerNorm divides by the square root "
+                                 f"of the variance plus it, so 0 gives NaN on constant inputs (reference: 1e-6 in the "
+                                 f"blocks, 1e-5 in the patch embeddings).")
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels={self.num_labels}: ClusTR's classifier needs at least one class; set "
+                             f"num_labels, or id2label, to the dataset's classes.")
+        for name in UPPER_BOUNDS:
+            values = getattr(self, name)
+            check_upper_bound(name, max(values) if isinstance(values, (list, tuple)) else values)
+
+
+def check_upper_bound(name: str, value: int) -> None:
+    """Reject a value of `name` above its `UPPER_BOUNDS` entry."""
+    if value > UPPER_BOUNDS[name]:
+        raise ValueError(f"{name} has a value of {value:,}, above ClusTR's limit of {UPPER_BOUNDS[name]:,} (the model "
+                         f"would be too large to build); check the value for a typo.")
 
 
 __all__ = ["ClusTRConfig", "VARIANTS"]

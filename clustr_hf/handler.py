@@ -77,6 +77,13 @@ class EndpointHandler:
     def __init__(self, path: str = ""):
         self.image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=True)
         self.model = AutoModelForImageClassification.from_pretrained(path, trust_remote_code=True).eval()
+        non_finite = [name for name, weights in self.model.named_parameters() if not weights.isfinite().all()]
+        if non_finite:
+            raise ValueError(
+                f"The model's weights in {path or 'this repository'} hold NaN or infinite values ({len(non_finite)} "
+                f"tensors: {', '.join(non_finite[:3])}{', ...' * (len(non_finite) > 3)}), which give NaN scores; "
+                f"upload weights from a training run that did not diverge."
+            )
 
     def __call__(self, data: dict) -> list[dict]:
         """`data["inputs"]`: the image (see `decode_image`); optional `data["parameters"]["top_k"]` (default 5)."""
@@ -91,7 +98,14 @@ class EndpointHandler:
             raise ValueError(f"parameters.top_k={top_k!r} must be a positive integer.")
         pixel_values = self.image_processor(image, return_tensors="pt").pixel_values
         with torch.no_grad():
-            scores = self.model(pixel_values=pixel_values).logits[0].softmax(-1)
+            logits = self.model(pixel_values=pixel_values).logits[0]
+        if not logits.isfinite().all():
+            raise ValueError(
+                f"The model's logits for this image are not finite ({logits.isnan().sum()} NaN, "
+                f"{logits.isinf().sum()} infinite), so it has no scores to return: its activations overflow. Run the "
+                f"model in float32 and check its weights for very large values."
+            )
+        scores = logits.softmax(-1)
         best = scores.topk(min(top_k, scores.numel()))
         id2label = self.model.config.id2label
         return [

@@ -18,7 +18,9 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling, SizeDict, torch_pil_interpolation_mapping,
+)
 from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
 from transformers.processing_utils import ImagesKwargs
 
@@ -33,6 +35,10 @@ _MODULE = __name__.split(".")[-1]
 _ACCEPTED = "PIL images, numpy arrays or torch tensors (channels first or last), paths or URLs"
 _DEEP_PIL_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 """PIL modes of more than 8 bits per pixel, which PIL's convert("RGB") would clip to black or white."""
+
+
+RESAMPLING_FILTERS = (*PILImageResampling, *torch_pil_interpolation_mapping)
+"""The `resample` values both backends take: PIL's filters (or their numbers) and torchvision's interpolation modes."""
 
 
 class ClusTRImageProcessorKwargs(ImagesKwargs, total=False):
@@ -65,6 +71,9 @@ def eight_bit_pixels(image, do_rescale: bool):
     if image.dtype in (np.uint8, torch.uint8):
         return image
     values = torch.as_tensor(image).to(torch.float64)
+    if not torch.isfinite(values).all():
+        raise ValueError(f"The pixels include {int(values.isnan().sum())} NaN and {int(values.isinf().sum())} infinite "
+                         f"values; give finite pixels (uint8 in [0, 255], or floats in [0, 255] or [0, 1]).")
     low, high = values.min().item(), values.max().item()
     if image.dtype in (np.uint16, torch.uint16):
         return as_uint8(image, values / 257)
@@ -141,6 +150,29 @@ class ClusTRImageProcessingMixin:
         do_rescale = kwargs.get("do_rescale")
         images = checked_images(images, self.do_rescale if do_rescale is None else do_rescale)
         return super().preprocess(images, *args, **kwargs)
+
+    def _validate_preprocess_kwargs(self, **kwargs):
+        """As transformers validates, and also: `resample` is a resampling filter, `image_mean` and `image_std` give
+        one finite value per RGB channel (a single value would apply to all three unnoticed), `image_std` no zero."""
+        super()._validate_preprocess_kwargs(**kwargs)
+        resample = kwargs.get("resample")
+        if kwargs.get("do_resize") and resample is not None and resample not in RESAMPLING_FILTERS:
+            names = ", ".join(f"{member.name} ({member.value})" for member in PILImageResampling)
+            raise ValueError(f"resample={resample!r} is not a resampling filter; give one of PILImageResampling's: "
+                             f"{names}, or a torchvision InterpolationMode. ClusTR was trained with BICUBIC (3).")
+        if not kwargs.get("do_normalize"):
+            return
+        for name in ("image_mean", "image_std"):
+            values = kwargs.get(name)
+            count = len(values) if isinstance(values, (list, tuple)) else 1
+            if kwargs.get("do_convert_rgb") and count != 3:
+                raise ValueError(f"{name}={values!r} gives {count} value(s) for the 3 RGB channels; give one per "
+                                 f"channel, e.g. {name}={list(getattr(type(self), name))} (ImageNet's).")
+            numbers = np.asarray(values, dtype=np.float64)
+            if not np.isfinite(numbers).all() or name == "image_std" and (numbers <= 0).any():
+                raise ValueError(f"{name}={values!r} must be finite{' and positive' * (name == 'image_std')}, or "
+                                 f"normalised pixels are infinite or NaN; ImageNet's is "
+                                 f"{list(getattr(type(self), name))}.")
 
     def resize(self, image, size: SizeDict, resample, crop_pct: float = crop_pct, **kwargs):
         """Resize the shorter side to `int(crop / crop_pct)`, then centre-crop `crop x crop`, `crop` being

@@ -3,10 +3,13 @@
 import functools
 import inspect
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypedDict, Unpack
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torchvision.ops import StochasticDepth
 from transformers import initialization as init
@@ -19,7 +22,9 @@ from transformers.utils import logging, output_capturing
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from .clustering import DensityPeaks, capped_cluster_counts, cluster_counts, density_peaks, pooled_density_peaks
+from .clustering import (
+    DensityPeaks, capped_cluster_counts, cluster_counts, density_peaks, is_static, pooled_density_peaks,
+)
 from .configuration_clustr import ClusTRConfig
 
 
@@ -37,6 +42,13 @@ EXACT_CLUSTERING_WARNING_TOKENS = 16384
 """Exact clustering of more tokens than this in one block (above 512x512 inputs) warns once and points to the pooled
 mode: one b2 block takes 3.5 s at 25,600 tokens (640x640) and 37 s at 65,536 (1024x1024) on 2 CPU threads, against
 0.1-0.3 s pooled (`benchmarks/exact_clustering_cost.py`)."""
+
+MERGE_LOG_EPSILON = math.log(1e-6)
+"""The logarithm of the 1e-6 that the merge adds to each cluster's weight sum (docs/algorithm.md 2.2 step 5)."""
+
+MAX_PIXEL_MAGNITUDE = 1e4
+"""The largest |pixel_values| the model takes: normalised images lie within a few units (ImageNet's normalisation gives
+-2.2 to 2.7), and values far beyond are corrupt data whose activations overflow into NaN logits."""
 
 LEGACY_KEYS = {r"attention\.key_values\.": "attention.cluster_key_values."}
 """`from_pretrained`'s renaming of checkpoints saved before the clustered blocks' projections were named
@@ -180,15 +192,24 @@ class ClusTRAttention(nn.Module):
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
         return states.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
-    def merge_clusters(self, hidden_states: torch.Tensor, assignments: torch.Tensor, num_clusters: int):
-        """Score-weighted mean of each cluster's tokens (2.2 step 5); gradients reach the tokens and the scores."""
+    def merge_clusters(self, hidden_states: torch.Tensor, assignments: torch.Tensor, counts: tuple[int, ...]):
+        """Score-weighted mean of each cluster's tokens at every scale (2.2 step 5), `assignments` (B, scales, N);
+        gradients reach the tokens and the scores. The weights and the 1e-6 are divided by the image's largest weight
+        and summed in float32, which leaves the means as they are and keeps half-precision sums from overflowing."""
         batch_size, _, channels = hidden_states.shape
-        weights = torch.exp(self.score(hidden_states))
-        index = assignments[:, :, None]
-        totals = hidden_states.new_zeros(batch_size, num_clusters, channels)
-        totals = totals.scatter_add(1, index.expand(-1, -1, channels), weights * hidden_states)
-        weight_sums = hidden_states.new_zeros(batch_size, num_clusters, 1).scatter_add(1, index, weights)
-        return totals / (weight_sums + 1e-6)
+        scores = self.score(hidden_states).float()
+        largest = scores.detach().amax(dim=1, keepdim=True)
+        weights = torch.exp(scores - largest)
+        epsilon = torch.exp(MERGE_LOG_EPSILON - largest)
+        weighted_tokens = weights * hidden_states
+        merged = []
+        for scale, count in enumerate(counts):
+            index = assignments[:, scale, :, None]
+            totals = weighted_tokens.new_zeros(batch_size, count, channels)
+            totals = totals.scatter_add(1, index.expand(-1, -1, channels), weighted_tokens)
+            weight_sums = weights.new_zeros(batch_size, count, 1).scatter_add(1, index, weights)
+            merged.append((totals / (weight_sums + epsilon)).to(hidden_states.dtype))
+        return merged
 
     def forward(self, hidden_states: torch.Tensor, height: int, width: int, **kwargs):
         """Returns the attention output (B, N, C) of the tokens on the (height, width) grid and, from the eager
@@ -198,10 +219,8 @@ class ClusTRAttention(nn.Module):
         if self.reduction_ratio > 1:
             counts = block_cluster_counts(self.config, hidden_states.shape[1], self.reduction_ratio)
             clusters = self.clustering(hidden_states, height, width, counts)
-            sources = [
-                (self.merge_clusters(hidden_states, clusters.assignments[:, scale], count), key_value)
-                for scale, (count, key_value) in enumerate(zip(counts, self.cluster_key_values))
-            ]
+            merged = self.merge_clusters(hidden_states, clusters.assignments, counts)
+            sources = list(zip(merged, self.cluster_key_values))
         else:
             sources = [(hidden_states, self.key_value)]
         keys, values = zip(*(key_value(source).chunk(2, dim=-1) for source, key_value in sources))
@@ -302,6 +321,26 @@ def end_stale_compiled_recording() -> None:
         collector.reset(None)
 
 
+def unreadable_weights_message(pretrained_model_name_or_path, subfolder: str, error: SafetensorError) -> str:
+    """What to say when safetensors cannot read a weights file of a checkpoint: in a local folder, the files it
+    cannot open and their sizes; for a Hub repository, the repository."""
+    folder = Path(pretrained_model_name_or_path, subfolder)
+    if not folder.is_dir():
+        return (f"A .safetensors weights file of {pretrained_model_name_or_path} could not be read ({error}): it is "
+                f"truncated or corrupt, e.g. by an interrupted download. Download it again with "
+                f"from_pretrained({str(pretrained_model_name_or_path)!r}, force_download=True).")
+    unreadable = []
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError:
+            unreadable.append(f"{path} ({os.path.getsize(path):,} bytes)")
+    return (f"{', '.join(unreadable) or f'A .safetensors file in {folder}'} could not be read ({error}): truncated or "
+            f"corrupt, e.g. by an interrupted copy, download or save. Copy or download the folder again, or save "
+            f"the model again with save_pretrained.")
+
+
 def checked_keywords(forward):
     """Reject keywords a ClusTR forward does not take: a typo would otherwise be ignored. Keeps `forward`'s signature."""
     accepted = [name for name in inspect.signature(forward).parameters if name not in ("self", "kwargs")]
@@ -358,9 +397,16 @@ class ClusTRPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
     @classmethod
-    def from_pretrained(cls, *args, key_mapping: dict[str, str] | None = None, **kwargs):
-        """As transformers loads, renaming the keys of older checkpoints (`LEGACY_KEYS`) after any `key_mapping`."""
-        return super().from_pretrained(*args, key_mapping={**(key_mapping or {}), **LEGACY_KEYS}, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, key_mapping: dict[str, str] | None = None, **kwargs):
+        """As transformers loads, renaming the keys of older checkpoints (`LEGACY_KEYS`) after any `key_mapping`; a
+        weights file safetensors cannot read is an error that names it (safetensors' own names no file)."""
+        try:
+            return super().from_pretrained(
+                pretrained_model_name_or_path, *args, key_mapping={**(key_mapping or {}), **LEGACY_KEYS}, **kwargs
+            )
+        except SafetensorError as error:
+            raise OSError(unreadable_weights_message(pretrained_model_name_or_path, kwargs.get("subfolder", ""),
+                                                     error)) from error
 
     def get_input_embeddings(self) -> nn.Module:
         """The convolution that embeds the pixels (stage 1's patch embedding), which `enable_input_require_grads`
@@ -404,6 +450,14 @@ class ClusTRPreTrainedModel(PreTrainedModel):
         if batch_size == 0 or height < 1 or width < 1:
             raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)} is empty; give at least one image "
                              f"of at least 1x1 pixels.")
+        if not is_static():  # a host sync, which compiled and exported graphs cannot hold
+            largest = torch.linalg.vector_norm(pixel_values, float("inf")).item()
+            if not largest <= MAX_PIXEL_MAGNITUDE:
+                raise ValueError(
+                    f"pixel_values hold NaN, infinite or huge values (largest magnitude {largest:g}, above "
+                    f"{MAX_PIXEL_MAGNITUDE:g}), which would give NaN logits; the model takes normalised pixels (a few "
+                    f"units): prepare images with ClusTRImageProcessor and look for corrupt pixels in the data."
+                )
 
 
 class ClusTRModel(ClusTRPreTrainedModel):
@@ -449,7 +503,7 @@ class ClusTRForImageClassification(ClusTRPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.clustr = ClusTRModel(config)
-        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = nn.Linear(config.hidden_sizes[-1], config.num_labels)
         self.post_init()
 
     @can_return_tuple
