@@ -18,7 +18,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PvtV2Config
 
 from clustr_hf import ClusTRConfig
+from clustr_hf.atomic import atomic_folder
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,11 +172,9 @@ def prepare_data(settings: Settings, output_dir: Path) -> Path:
                                                                                 settings.subset_seed))
         for name, (split, count) in splits.items()
     })
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
-    subset.save_to_disk(str(partial))
     try:
-        os.rename(partial, folder)
+        with atomic_folder(folder) as partial:
+            subset.save_to_disk(str(partial))
     except OSError:  # another process saved the same data first
         if not (folder / "dataset_dict.json").is_file():
             raise
