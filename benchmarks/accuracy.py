@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
-# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
-# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))  # passive_openmp, the training scripts and their training_utils
+import passive_openmp  # noqa: E402, F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import datasets
 import numpy as np
 import torch
@@ -35,10 +34,6 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Pv
 
 from clustr_hf import ClusTRConfig
 from clustr_hf.atomic import atomic_folder
-
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))  # the training scripts and their training_utils
 from run_image_classification_no_trainer import evaluate_model, main as train_main  # noqa: E402
 from training_utils import (  # noqa: E402
     FASHION_MNIST_LABELS,

@@ -15,13 +15,9 @@ checkpoint folder) resumes a stopped run to the weights an uninterrupted run end
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
-
-# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
-# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import passive_openmp  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 
 import numpy as np
 import torch

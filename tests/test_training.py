@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from training_helpers import (
     DIGIT_LABELS,
+    REPO,
     finish,
     run_no_trainer,
     save_tiny_classifier,
@@ -182,6 +183,40 @@ def test_bad_flags_are_named(script, flags, message, tmp_path):
     with pytest.raises((ValueError, OSError), match=message):
         main(["--output_dir", str(tmp_path / "out"), "--max_train_samples", "8", "--do_train", *flags]
              if script == "run_image_classification" else ["--output_dir", str(tmp_path / "out"), *flags])
+
+
+TORCH_IMPORT_PROBE = """
+import importlib.abc, os, runpy, sys
+class TorchImported(BaseException):  # not an Exception: nothing on the way may swallow it
+    pass
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise TorchImported(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, Probe())
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+try:
+    runpy.run_path(sys.argv[1], run_name="probed")
+except TorchImported as stop:
+    print(stop.args[0])
+"""
+"""Imports a script up to its first import of torch and prints OMP_WAIT_POLICY as it is then."""
+
+
+@pytest.mark.parametrize("script", ["examples/demo.py", "examples/run_image_classification.py",
+                                    "examples/run_image_classification_no_trainer.py",
+                                    "examples/semantic_segmentation.py", "benchmarks/accuracy.py"])
+def test_scripts_let_idle_openmp_threads_sleep_unless_told_otherwise(script):
+    import os
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        policy = {} if given is None else {"OMP_WAIT_POLICY": given}
+        completed = subprocess.run([sys.executable, "-c", TORCH_IMPORT_PROBE, str(REPO / script)],
+                                   env={**environment, **policy}, capture_output=True, text=True, timeout=120)
+        assert completed.stdout.splitlines() == [expected], completed.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------------------
