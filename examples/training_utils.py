@@ -210,6 +210,16 @@ def parse_arguments(dataclass_types, argv=None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def explicit_flags(dataclass_types, argv=None) -> set[str]:
+    """The fields that flags given on the command line set (not a default, nor a recipe's value)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser(dataclass_types)
+    not_given = object()
+    parser.set_defaults(**{action.dest: not_given for action in parser._actions if action.dest != "help"})
+    parsed, _ = parser.parse_known_args(argv)
+    return {name for name, value in vars(parsed).items() if value is not not_given}
+
+
 def check_at_least_one(**flags) -> None:
     """Raise naming the flag when a count given on the command line (`None`: not given) is below 1."""
     for name, value in flags.items():
@@ -821,6 +831,10 @@ def optimizer_parameter_groups(model: torch.nn.Module, weight_decay: float) -> l
 def scaled_learning_rate(learning_rate: float, total_batch_size: int, base_batch_size: int | None) -> float:
     """The linear scaling rule: learning_rate * total_batch_size / base_batch_size (unchanged without a base)."""
     return learning_rate if base_batch_size is None else learning_rate * total_batch_size / base_batch_size
+
+
+SCHEDULER_KWARGS_FLAGS = {"min_lr": "min_learning_rate", "warmup_lr_rate": "warmup_start_learning_rate"}
+"""The flag behind each keyword of `scheduler_kwargs`."""
 
 
 def scheduler_kwargs(lr_scheduler_type: str, learning_rate: float, args: RecipeArguments) -> dict:

@@ -250,6 +250,41 @@ def test_recipe_sets_defaults_that_explicit_flags_override():
         parse_arguments([RecipeArguments], ["--recipe", "cifar"])
 
 
+def test_trainer_script_keeps_the_flags_given_and_refuses_those_it_cannot_follow(tmp_path):
+    from run_image_classification import fill_in_settings, main
+    from transformers import TrainingArguments
+
+    from training_utils import explicit_flags
+
+    types = [ModelArguments, DataArguments, RecipeArguments, TrainingArguments]
+
+    def settings(*flags):  # the TrainingArguments main trains with, for 64 training images
+        argv = ["--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "8", *flags]
+        _, _, recipe, training = parse_arguments(types, argv)
+        fill_in_settings(training, recipe, explicit_flags(types, argv), 64)
+        return training
+
+    recipe = settings("--recipe", "imagenet")  # 5 warm-up epochs of 8 steps
+    assert (recipe.warmup_steps, recipe.lr_scheduler_kwargs) == (40, {"min_lr": 1e-5, "warmup_lr_rate": 1e-6 / 5e-4})
+    assert (recipe.train_sampling_strategy, recipe.remove_unused_columns, recipe.dataloader_pin_memory) == (
+        "sequential", False, torch.accelerator.is_available())  # no memory to pin for without an accelerator
+    given = settings("--recipe", "imagenet", "--warmup_steps", "7", "--lr_scheduler_kwargs", '{"min_lr": 1e-4}',
+                     "--dataloader_pin_memory", "True", "--train_sampling_strategy", "sequential")
+    assert (given.warmup_steps, given.lr_scheduler_kwargs["min_lr"], given.dataloader_pin_memory) == (7, 1e-4, True)
+    assert settings("--warmup_steps", "7", "--warmup_epochs", "0").warmup_steps == 7  # 0 is the flag's only default
+
+    for flags, message in [
+        (["--remove_unused_columns", "True"], "--remove_unused_columns True does not work .*image column"),
+        (["--train_sampling_strategy", "random"], "--train_sampling_strategy random does not work .*shuffles itself"),
+        (["--warmup_epochs", "2", "--warmup_steps", "7"], "--warmup_steps and --warmup_epochs both"),
+        (["--min_learning_rate", "1e-5", "--lr_scheduler_kwargs", '{"min_lr": 1e-4}'],
+         "--lr_scheduler_kwargs sets min_lr and --min_learning_rate sets it too"),
+    ]:
+        with pytest.raises(ValueError, match=message):  # before any data or model is loaded
+            main(["--output_dir", str(tmp_path / "refused"), "--do_train", "--dataset_name", "nowhere", *flags])
+    assert not (tmp_path / "refused").exists()
+
+
 def test_warmup_from_start_rate_then_cosine_to_min_rate():
     from transformers import get_scheduler
 
