@@ -18,15 +18,13 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
-# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
-# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))  # passive_openmp, the training scripts and their training_utils
+import passive_openmp  # noqa: E402, F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 import datasets
 import numpy as np
 import torch
@@ -35,10 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoModelForImageClassification, PvtV2Config
 
 from clustr_hf import ClusTRConfig
-
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))  # the training scripts and their training_utils
+from clustr_hf.atomic import atomic_folder
 from run_image_classification_no_trainer import evaluate_model, main as train_main  # noqa: E402
 from training_utils import (  # noqa: E402
     FASHION_MNIST_LABELS,
@@ -172,11 +167,9 @@ def prepare_data(settings: Settings, output_dir: Path) -> Path:
                                                                                 settings.subset_seed))
         for name, (split, count) in splits.items()
     })
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".partial", dir=folder.parent))
-    subset.save_to_disk(str(partial))
     try:
-        os.rename(partial, folder)
+        with atomic_folder(folder) as partial:
+            subset.save_to_disk(str(partial))
     except OSError:  # another process saved the same data first
         if not (folder / "dataset_dict.json").is_file():
             raise

@@ -4,16 +4,12 @@
 """
 
 import argparse
-import contextlib
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder
 from .configuration_clustr import VARIANTS, ClusTRConfig
 from .image_processing_clustr import ClusTRImageProcessor
 from .modeling_clustr import ClusTRForImageClassification, ClusTRModel
@@ -146,34 +142,11 @@ def load_reference_checkpoint(path) -> dict:
     return checkpoint
 
 
-@contextlib.contextmanager
-def staged_folder(output_dir) -> Iterator[Path]:
-    """A temporary folder beside `output_dir` to write a model folder into. When the block ends without an error, its
-    files move into `output_dir` (a new folder is renamed into place; in an existing one the files of the same names
-    are replaced, others kept); on an error it is deleted and `output_dir` stays as it was. So a failure midway (a
-    full disk, an interrupt) never leaves a folder without weights, or new files beside old ones."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"{output_dir} is a file; the output must be a folder (new or existing).")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
-    try:
-        yield staging
-        if not output_dir.exists():
-            os.rename(staging, output_dir)
-            return
-        for path in sorted(staging.iterdir()):  # renames only: nothing left to write that could fail for space
-            if path.is_dir() and (output_dir / path.name).is_dir():
-                shutil.rmtree(output_dir / path.name)
-            os.replace(path, output_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def convert_checkpoint(checkpoint_path, output_dir, variant: str | None = None):
     """Convert a reference checkpoint file into a Hub-ready folder (config.json, model.safetensors, the remote code
     and the reference's 224x224 evaluation transform as preprocessor_config.json), written whole or not at all (see
-    `staged_folder`); returns the model."""
+    `atomic_folder`: into a new folder, or replacing the files of the same names in an existing one); returns the
+    model."""
     state_dict = load_reference_checkpoint(checkpoint_path)
     converted = convert_reference_state_dict(state_dict)
     config = infer_config(state_dict, variant)
@@ -183,7 +156,7 @@ def convert_checkpoint(checkpoint_path, output_dir, variant: str | None = None):
     if missing or unexpected:
         raise ValueError(f"The converted checkpoint does not fit {model_class.__name__}: "
                          f"missing {sorted(missing)}, unexpected {sorted(unexpected)}.")
-    with staged_folder(output_dir) as staging:
+    with atomic_folder(output_dir, merge=True) as staging:
         model.save_pretrained(staging)
         ClusTRImageProcessor().save_pretrained(staging)
     return model

@@ -13,8 +13,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoImageProcessor
 from transformers.image_utils import PILImageResampling
 
+from .atomic import atomic_folder
 from .configuration_clustr import VARIANTS, ClusTRConfig
 from .convert_reference_checkpoint import convert_checkpoint
 from .image_processing_clustr import ClusTRImageProcessor
@@ -438,23 +437,6 @@ def require_new_folder(output_dir: Path) -> None:
         raise FileExistsError(f"{output_dir} is not empty; give a new or empty --output-dir (nothing is overwritten).")
 
 
-@contextmanager
-def atomic_folder(output_dir: Path):
-    """Yield a new folder beside `output_dir` to write into; it becomes `output_dir` only when the block completes,
-    and is removed if it fails, so `output_dir` is either complete or as it was (absent or empty)."""
-    require_new_folder(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.with_name(f".{output_dir.name}.partial-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
-    try:
-        yield staging
-        if output_dir.exists():
-            output_dir.rmdir()  # empty, checked above
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def with_recorded_data(results: dict, dataset: str | None, results_path: Path) -> dict:
     """`results` with the data its accuracies were measured on: the run record's `data`, or for results files without
     one (Trainer's eval_results.json, older folders) the Hub dataset `dataset` (--dataset). Fails when the two
@@ -547,6 +529,7 @@ def assemble_space_folder(app_path, output_dir, *, space_id: str, repo_id: str) 
     `repo_id`, loaded as remote code: app.py (naming `repo_id` as its model), requirements.txt and a README.md with
     the Space's metadata. Written beside `output_dir` and moved there when complete."""
     app_path, output_dir = Path(app_path), Path(output_dir)
+    require_new_folder(output_dir)
     app = app_path.read_text()
     if app.count(APP_MODEL_LINE) != 1:
         raise ValueError(f"{app_path} has no line {APP_MODEL_LINE!r} to name the Space's model in; give "

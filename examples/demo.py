@@ -7,18 +7,14 @@ through `pipeline("image-classification")` loaded from that folder.
 """
 
 import argparse
-import os
 import time
 
+import passive_openmp  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 
-# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
-# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from transformers import pipeline
 
-from transformers import pipeline  # noqa: E402
-
-import run_image_classification_no_trainer  # noqa: E402  (beside this script, as its training_utils)
-from training_utils import load_digits_dataset  # noqa: E402  (importing clustr_hf registers ClusTR)
+import run_image_classification_no_trainer  # beside this script, as its training_utils
+from training_utils import load_digits_dataset  # importing clustr_hf registers ClusTR
 
 
 def training_flags(output_dir: str, epochs: int, image_size: int) -> list[str]:

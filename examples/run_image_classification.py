@@ -15,13 +15,9 @@ checkpoint folder) resumes a stopped run to the weights an uninterrupted run end
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
-
-# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
-# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import passive_openmp  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 
 import numpy as np
 import torch
@@ -32,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from clustr_hf import ClusTRForImageClassification
 from clustr_hf.publishing import publish_run, write_run_card
 from training_utils import (
+    SCHEDULER_KWARGS_FLAGS,
     CheckpointError,
     DataArguments,
     ImageCollator,
@@ -44,6 +41,7 @@ from training_utils import (
     classification_loss,
     disk_full,
     disk_full_error,
+    explicit_flags,
     incomplete_checkpoints,
     list_checkpoints,
     load_image_dataset,
@@ -66,8 +64,27 @@ TRAINER_CHECKPOINTS = (f"{PREFIX_CHECKPOINT_DIR}-", TRAINER_STATE_NAME)
 """Name prefix and completion marker of Trainer's checkpoints (Trainer writes trainer_state.json last)."""
 
 
-def check_trainer_arguments(training_args: TrainingArguments) -> None:
-    """Fail early, naming the flag, on Trainer settings that would otherwise fail deep inside or be ignored."""
+REQUIRED_SETTINGS = {
+    "train_sampling_strategy": ("sequential", "the training set shuffles itself each epoch (in the same order when "
+                                              "resumed), which another sampler would undo"),
+    "remove_unused_columns": (False, "Trainer would drop the image column, which the model's forward does not take, "
+                                     "before the collator turns it into pixel_values"),
+}
+"""TrainingArguments this script sets, and why; a flag asking for another value is an error."""
+
+
+def check_trainer_arguments(training_args: TrainingArguments, given: set[str]) -> None:
+    """Fail early, naming the flag, on Trainer settings that would otherwise fail deep inside or be ignored, and on
+    flags (`given`: those on the command line) that ask for what this script cannot do or set one thing twice."""
+    for name, (required, reason) in REQUIRED_SETTINGS.items():
+        if name in given and getattr(training_args, name) != required:
+            raise ValueError(f"--{name} {getattr(training_args, name)} does not work with this script: {reason}. "
+                             f"Leave it out (the script sets {required}).")
+    if {"warmup_steps", "warmup_epochs"} <= given:
+        raise ValueError("--warmup_steps and --warmup_epochs both set the warm-up length; give one of them.")
+    for key, flag in SCHEDULER_KWARGS_FLAGS.items():
+        if flag in given and key in (training_args.lr_scheduler_kwargs or {}):
+            raise ValueError(f"--lr_scheduler_kwargs sets {key} and --{flag} sets it too; give one of them.")
     check_at_least_one(
         per_device_train_batch_size=training_args.per_device_train_batch_size,
         per_device_eval_batch_size=training_args.per_device_eval_batch_size,
@@ -113,6 +130,27 @@ def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
     return str(folder)
 
 
+def fill_in_settings(training_args: TrainingArguments, recipe_args: RecipeArguments, given: set[str],
+                     train_samples: int) -> None:
+    """Set what the recipe flags mean in TrainingArguments (scheduler keywords, warm-up steps from --warmup_epochs),
+    what the script needs (REQUIRED_SETTINGS) and no memory pinning without an accelerator, leaving the flags
+    `given` on the command line as they are."""
+    training_args.lr_scheduler_kwargs = {
+        **scheduler_kwargs(training_args.lr_scheduler_type, training_args.learning_rate, recipe_args),
+        **(training_args.lr_scheduler_kwargs or {}),
+    }
+    if recipe_args.warmup_epochs is not None and "warmup_steps" not in given:
+        batches_per_process = math.ceil(
+            math.ceil(train_samples / training_args.per_device_train_batch_size) / training_args.world_size
+        )
+        steps_per_epoch = math.ceil(batches_per_process / training_args.gradient_accumulation_steps)
+        training_args.warmup_steps = round(recipe_args.warmup_epochs * steps_per_epoch)
+    for name, (required, _) in REQUIRED_SETTINGS.items():
+        setattr(training_args, name, required)
+    if "dataloader_pin_memory" not in given and (training_args.use_cpu or not torch.accelerator.is_available()):
+        training_args.dataloader_pin_memory = False  # nothing to pin memory for; torch warns on every data loader
+
+
 def make_loss_function(label_smoothing: float):
     """Trainer's `compute_loss_func`: label-smoothed cross-entropy on class indices or Mixup/CutMix soft targets.
 
@@ -130,11 +168,11 @@ def make_loss_function(label_smoothing: float):
 def main(argv=None) -> dict:
     """Train, evaluate and save the final Hub-ready folder (model, image processor, metrics, all_results.json with
     what the run was); returns all_results."""
-    model_args, data_args, recipe_args, training_args = parse_arguments(
-        [ModelArguments, DataArguments, RecipeArguments, TrainingArguments], argv
-    )
+    dataclass_types = [ModelArguments, DataArguments, RecipeArguments, TrainingArguments]
+    model_args, data_args, recipe_args, training_args = parse_arguments(dataclass_types, argv)
+    given = explicit_flags(dataclass_types, argv)
     check_arguments(model_args, data_args, recipe_args)
-    check_trainer_arguments(training_args)
+    check_trainer_arguments(training_args, given)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if training_args.should_log else logging.WARNING)
     resume = checkpoint_to_resume(training_args) if training_args.do_train else None
@@ -156,20 +194,7 @@ def main(argv=None) -> dict:
     training_args.learning_rate = scaled_learning_rate(
         training_args.learning_rate, total_batch_size, recipe_args.lr_base_batch_size
     )
-    training_args.lr_scheduler_kwargs = {
-        **(training_args.lr_scheduler_kwargs or {}),
-        **scheduler_kwargs(training_args.lr_scheduler_type, training_args.learning_rate, recipe_args),
-    }
-    if recipe_args.warmup_epochs is not None:
-        batches_per_process = math.ceil(
-            math.ceil(len(train_dataset) / training_args.per_device_train_batch_size) / training_args.world_size
-        )
-        steps_per_epoch = math.ceil(batches_per_process / training_args.gradient_accumulation_steps)
-        training_args.warmup_steps = round(recipe_args.warmup_epochs * steps_per_epoch)
-    training_args.train_sampling_strategy = "sequential"  # the training set shuffles itself each epoch
-    training_args.remove_unused_columns = False
-    if training_args.use_cpu or not torch.accelerator.is_available():
-        training_args.dataloader_pin_memory = False  # nothing to pin memory for; torch warns on every data loader
+    fill_in_settings(training_args, recipe_args, given, len(train_dataset))
 
     metric = load_top_k_accuracy()
     trainer = Trainer(

@@ -13,15 +13,11 @@ section 6. Examples (README.md, section Training, has more):
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
-# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
-# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import passive_openmp  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 
 import torch
 from accelerate import Accelerator

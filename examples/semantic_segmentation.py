@@ -16,13 +16,9 @@ metrics, and the record of the run's data and start in the shape the classificat
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-
-# Idle OpenMP threads sleep instead of spinning for the cores other threads need: on a busy CPU the Trainer example's
-# steps took a seventh of the time (benchmarks/README.md, OpenMP wait policy). Set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import passive_openmp  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
 
 import numpy as np
 import torch

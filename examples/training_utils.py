@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from transformers.trainer_pt_utils import get_parameter_names
 from transformers.utils import logging
 
 from clustr_hf import VARIANTS, ClusTRConfig, ClusTRForImageClassification, ClusTRImageProcessor
+from clustr_hf.atomic import atomic_folder
 
 
 logger = logging.get_logger(__name__)
@@ -206,6 +208,16 @@ def parse_arguments(dataclass_types, argv=None):
         defaults = recipe_defaults(early.recipe, early.model_name_or_path)
         parser.set_defaults(**{key: value for key, value in defaults.items() if key in destinations})
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def explicit_flags(dataclass_types, argv=None) -> set[str]:
+    """The fields that flags given on the command line set (not a default, nor a recipe's value)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser(dataclass_types)
+    not_given = object()
+    parser.set_defaults(**{action.dest: not_given for action in parser._actions if action.dest != "help"})
+    parsed, _ = parser.parse_known_args(argv)
+    return {name for name, value in vars(parsed).items() if value is not not_given}
 
 
 def check_at_least_one(**flags) -> None:
@@ -821,6 +833,10 @@ def scaled_learning_rate(learning_rate: float, total_batch_size: int, base_batch
     return learning_rate if base_batch_size is None else learning_rate * total_batch_size / base_batch_size
 
 
+SCHEDULER_KWARGS_FLAGS = {"min_lr": "min_learning_rate", "warmup_lr_rate": "warmup_start_learning_rate"}
+"""The flag behind each keyword of `scheduler_kwargs`."""
+
+
 def scheduler_kwargs(lr_scheduler_type: str, learning_rate: float, args: RecipeArguments) -> dict:
     """The `scheduler_specific_kwargs` of transformers' `get_scheduler` for the minimum and warm-up start rates
     (a rate the chosen schedule has no use for is left out with a warning, e.g. a recipe's under `--lr_scheduler_type
@@ -918,15 +934,6 @@ def refuse_to_overwrite(checkpoints: list[tuple[int, Path]], start_step: int) ->
         )
 
 
-def _fsync_tree(directory: Path) -> None:
-    for path in [*directory.rglob("*"), directory]:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
 def _file_digests(folder: Path) -> dict[str, str]:
     """The sha256 of every file in `folder` but the state file, by path relative to it."""
     digests = {}
@@ -963,29 +970,27 @@ def disk_full_error(error: BaseException, folder: str | os.PathLike, what: str) 
 def save_checkpoint(accelerator, checkpoints_dir: str | os.PathLike, step: int, state: dict) -> Path:
     """Save model, optimiser, scheduler and every process's RNG states (accelerate's `save_state`) plus `state`
     (data position and run signature) and the digest of every file as `checkpoints_dir/step_{step}`, atomically:
-    everything is written and synced into `step_{step}.partial`, which is then renamed. An existing checkpoint is
-    never overwritten; on a full disk the partial folder is removed and the error names the folder."""
+    everything is written and synced into `step_{step}.partial` (see `atomic_folder`), which is then renamed. An
+    existing checkpoint is never overwritten; on a full disk the partial folder is removed and the error names the
+    folder."""
     checkpoints_dir = Path(checkpoints_dir)
-    final, partial = checkpoints_dir / f"step_{step}", checkpoints_dir / f"step_{step}.partial"
-    if accelerator.is_main_process:
-        if final.exists():
-            raise CheckpointError(f"{final} already exists; refusing to overwrite it.")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+    final = checkpoints_dir / f"step_{step}"
+    partial = final.with_name(f"{final.name}.partial")
+    if accelerator.is_main_process and final.exists():
+        raise CheckpointError(f"{final} already exists; refusing to overwrite it.")
+    # the main process creates, syncs and renames the folder; every process writes its files into it
+    writing = atomic_folder(final, sync=True, staging=partial) if accelerator.is_main_process else nullcontext(partial)
     try:
-        accelerator.save_state(str(partial))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            state = {**state, "files": _file_digests(partial)}
-            (partial / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=2))
-            _fsync_tree(partial)
-            os.rename(partial, final)
-            _fsync_tree(checkpoints_dir)
+        with writing:
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(partial))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                state = {**state, "files": _file_digests(partial)}
+                (partial / CHECKPOINT_STATE_FILE).write_text(json.dumps(state, indent=2))
     except Exception as error:
         if not disk_full(error, checkpoints_dir):
             raise
-        shutil.rmtree(partial, ignore_errors=True)
         raise disk_full_error(error, checkpoints_dir, f"checkpoint {final.name}") from error
     accelerator.wait_for_everyone()
     return final

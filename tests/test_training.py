@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from training_helpers import (
     DIGIT_LABELS,
+    REPO,
     finish,
     run_no_trainer,
     save_tiny_classifier,
@@ -184,6 +185,40 @@ def test_bad_flags_are_named(script, flags, message, tmp_path):
              if script == "run_image_classification" else ["--output_dir", str(tmp_path / "out"), *flags])
 
 
+TORCH_IMPORT_PROBE = """
+import importlib.abc, os, runpy, sys
+class TorchImported(BaseException):  # not an Exception: nothing on the way may swallow it
+    pass
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            raise TorchImported(os.environ.get("OMP_WAIT_POLICY"))
+sys.meta_path.insert(0, Probe())
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+try:
+    runpy.run_path(sys.argv[1], run_name="probed")
+except TorchImported as stop:
+    print(stop.args[0])
+"""
+"""Imports a script up to its first import of torch and prints OMP_WAIT_POLICY as it is then."""
+
+
+@pytest.mark.parametrize("script", ["examples/demo.py", "examples/run_image_classification.py",
+                                    "examples/run_image_classification_no_trainer.py",
+                                    "examples/semantic_segmentation.py", "benchmarks/accuracy.py"])
+def test_scripts_let_idle_openmp_threads_sleep_unless_told_otherwise(script):
+    import os
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        policy = {} if given is None else {"OMP_WAIT_POLICY": given}
+        completed = subprocess.run([sys.executable, "-c", TORCH_IMPORT_PROBE, str(REPO / script)],
+                                   env={**environment, **policy}, capture_output=True, text=True, timeout=120)
+        assert completed.stdout.splitlines() == [expected], completed.stderr
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Recipe, transforms, sampling, loss, metric
 
@@ -213,6 +248,41 @@ def test_recipe_sets_defaults_that_explicit_flags_override():
     assert (training.learning_rate, training.weight_decay, training.num_train_epochs) == (5e-4, 0.05, 300)
     with pytest.raises(ValueError, match="Unknown recipe"):
         parse_arguments([RecipeArguments], ["--recipe", "cifar"])
+
+
+def test_trainer_script_keeps_the_flags_given_and_refuses_those_it_cannot_follow(tmp_path):
+    from run_image_classification import fill_in_settings, main
+    from transformers import TrainingArguments
+
+    from training_utils import explicit_flags
+
+    types = [ModelArguments, DataArguments, RecipeArguments, TrainingArguments]
+
+    def settings(*flags):  # the TrainingArguments main trains with, for 64 training images
+        argv = ["--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "8", *flags]
+        _, _, recipe, training = parse_arguments(types, argv)
+        fill_in_settings(training, recipe, explicit_flags(types, argv), 64)
+        return training
+
+    recipe = settings("--recipe", "imagenet")  # 5 warm-up epochs of 8 steps
+    assert (recipe.warmup_steps, recipe.lr_scheduler_kwargs) == (40, {"min_lr": 1e-5, "warmup_lr_rate": 1e-6 / 5e-4})
+    assert (recipe.train_sampling_strategy, recipe.remove_unused_columns, recipe.dataloader_pin_memory) == (
+        "sequential", False, torch.accelerator.is_available())  # no memory to pin for without an accelerator
+    given = settings("--recipe", "imagenet", "--warmup_steps", "7", "--lr_scheduler_kwargs", '{"min_lr": 1e-4}',
+                     "--dataloader_pin_memory", "True", "--train_sampling_strategy", "sequential")
+    assert (given.warmup_steps, given.lr_scheduler_kwargs["min_lr"], given.dataloader_pin_memory) == (7, 1e-4, True)
+    assert settings("--warmup_steps", "7", "--warmup_epochs", "0").warmup_steps == 7  # 0 is the flag's only default
+
+    for flags, message in [
+        (["--remove_unused_columns", "True"], "--remove_unused_columns True does not work .*image column"),
+        (["--train_sampling_strategy", "random"], "--train_sampling_strategy random does not work .*shuffles itself"),
+        (["--warmup_epochs", "2", "--warmup_steps", "7"], "--warmup_steps and --warmup_epochs both"),
+        (["--min_learning_rate", "1e-5", "--lr_scheduler_kwargs", '{"min_lr": 1e-4}'],
+         "--lr_scheduler_kwargs sets min_lr and --min_learning_rate sets it too"),
+    ]:
+        with pytest.raises(ValueError, match=message):  # before any data or model is loaded
+            main(["--output_dir", str(tmp_path / "refused"), "--do_train", "--dataset_name", "nowhere", *flags])
+    assert not (tmp_path / "refused").exists()
 
 
 def test_warmup_from_start_rate_then_cosine_to_min_rate():
