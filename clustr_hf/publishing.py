@@ -102,6 +102,17 @@ def space_requirements() -> list[str]:
         f"{name}{spec}" for name, spec in app.items() if name != "gradio"]
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in `path`; a file that is not valid JSON, or holds something else, is an error naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); it is truncated or damaged: write it again.") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; write it again.")
+    return value
+
+
 def read_measured_results(folder: Path) -> tuple[str, dict] | tuple[None, None]:
     """The first results file in `folder` (see RESULTS_FILES) and its contents, or (None, None). Only a regular file
     is read: a symbolic link could publish any file of the machine."""
@@ -111,10 +122,7 @@ def read_measured_results(folder: Path) -> tuple[str, dict] | tuple[None, None]:
             raise ValueError(f"{path} is a symbolic link (to {path.readlink()}); publishing reads only regular files "
                              f"of the folder. Replace the link with a copy of the file.")
         if path.is_file():
-            try:
-                return name, json.loads(path.read_text())
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON ({error}); fix or remove it.") from error
+            return name, read_json_object(path)
     return None, None
 
 
@@ -385,7 +393,7 @@ def load_classifier(source: Path) -> tuple[ClusTRForImageClassification, object]
     if not config_path.is_file():
         raise ValueError(f"{source} is not a ClusTR model folder: it has no config.json. Give a folder written by "
                          f"save_pretrained (training output or converted reference checkpoint).")
-    model_type = json.loads(config_path.read_text()).get("model_type")
+    model_type = read_json_object(config_path).get("model_type")
     if model_type != ClusTRConfig.model_type:
         raise ValueError(f"{source} holds a {model_type!r} model, not a ClusTR one (model_type 'clustr'); "
                          f"this tool publishes ClusTR classifiers only.")

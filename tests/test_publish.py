@@ -739,3 +739,18 @@ def test_dry_run_writes_the_folder_and_sends_nothing(stand_in_hub, trained_folde
     status = push_to_hub_cli()([str(trained_folder), "--repo-id", REPO_ID, "--upload-only"])
     assert status == 2 and "is not an assembled Hub folder (missing README.md, handler.py" in capsys.readouterr().err
     assert stand_in_hub.calls == []
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("config.json", "[1, 2]", "holds a JSON list, not an object"),
+    ("config.json", '{"model_type": "clus', "is not valid JSON"),
+    ("all_results.json", '{"eval_accuracy": 0.9', "is not valid JSON"),
+])
+def test_a_damaged_json_file_is_named(trained_folder, tmp_path, capsys, name, text, problem):
+    folder = tmp_path / "damaged"
+    shutil.copytree(trained_folder, folder)
+    (folder / name).write_text(text)
+    status = push_to_hub_cli()([str(folder), "--repo-id", REPO_ID, "--output-dir", str(tmp_path / "hub"), "--dry-run"])
+    assert status != 0
+    assert f"{folder / name} {problem}" in capsys.readouterr().err
+    assert not (tmp_path / "hub").exists()
