@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard, SpaceCardData, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, StrictDataclassError
 from packaging.requirements import Requirement
 from transformers import AutoImageProcessor
 from transformers.image_utils import PILImageResampling
@@ -391,7 +391,10 @@ def load_classifier(source: Path) -> tuple[ClusTRForImageClassification, object]
         raise FileNotFoundError(f"{source} has a config.json but no weights (model.safetensors); train or convert "
                                 f"a checkpoint into it first, or point to the folder that holds them.")
     check_weight_shards(source)
-    config = ClusTRConfig.from_pretrained(source)
+    try:
+        config = ClusTRConfig.from_pretrained(source)
+    except StrictDataclassError as error:  # huggingface_hub wraps the config's own ValueError
+        raise ValueError(f"{config_path}: {error.__cause__ or error}") from error
     if "ClusTRForImageClassification" not in (config.architectures or []):
         raise ValueError(f"{source} holds a {', '.join(config.architectures or ['model'])} without a classification "
                          f"head; the Hub folder, card and handler are for image classification "
