@@ -1,6 +1,7 @@
-"""The Gradio app (examples/app.py): served on 127.0.0.1 in this process and called through gradio_client and a real
-headless Chromium, and as a Space in a fresh process that loads the model by Hub id as remote code only."""
+"""The Gradio app (examples/app.py): served on 127.0.0.1 in this process and called through gradio_client, plain HTTP
+and a real headless Chromium, and as a Space in a fresh process that loads the model by Hub id as remote code only."""
 
+import http.client
 import importlib.util
 import io
 import json
@@ -8,6 +9,7 @@ import os
 import shutil
 import socket
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,10 @@ from conftest import run_without_clustr_hf, tiny_config
 from skimage import data
 from transformers import pipeline
 
-from clustr_hf import ClusTRForImageClassification, ClusTRImageProcessor
+from clustr_hf import ClusTRForImageClassification, ClusTRImageProcessor, ClusTRModel
 from clustr_hf.publishing import assemble_hub_folder, assemble_space_folder
-from clustr_hf.visualization import cluster_maps, plot_cluster_grid
+from clustr_hf.visualization import cluster_maps
+from test_visualization import check_grid_picture
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +36,9 @@ PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut":
 """The test model's classes and the scikit-image photo each was trained on."""
 REPO_ID = "test-user/clustr-app"
 SPACE_ID = "test-user/clustr-app-demo"
+PICTURE_SIZE = (274, 520)
+"""The test model's cluster picture: 3 stages x (coarse, fine) panels of its 64-pixel images enlarged twice, with gaps,
+captions and heading."""
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-dev-shm-usage",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,1000",
@@ -89,6 +95,17 @@ def model_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def classifier(app_module, model_folder):
+    return app_module.Classifier(str(model_folder))
+
+
+@pytest.fixture(scope="module")
+def gradio_folder(tmp_path_factory):
+    """Where the served app's gradio stores uploads and answers (GRADIO_TEMP_DIR)."""
+    return tmp_path_factory.mktemp("gradio")
+
+
+@pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Uploads: a real photo as JPEG, a text file, an empty file, a 21 MB file and a 96-megapixel PNG of a few
     kilobytes."""
@@ -101,14 +118,21 @@ def files(tmp_path_factory):
     return folder
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 OUTSIDE_CONNECTIONS = []
 """Connections this process tried to open to anything but this machine while the app served (refused)."""
 
 
 @pytest.fixture(scope="module")
-def served_app(app_module, model_folder):
-    """The app on the test model, served on 127.0.0.1 at a free port for the whole module; meanwhile any look-up of
-    or connection to another machine is refused and recorded (the app must not phone home)."""
+def served_app(app_module, classifier, gradio_folder):
+    """The app on the test model, served on 127.0.0.1 at a free port for the whole module, storing its files in
+    `gradio_folder`; meanwhile any look-up of or connection to another machine is refused and recorded (the app must
+    not phone home)."""
     local = ("127.0.0.1", "::1", "localhost", None)
     connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
@@ -124,13 +148,12 @@ def served_app(app_module, model_folder):
             raise socket.gaierror(f"test: no look-ups of {host}")
         return getaddrinfo(host, *args, **kwargs)
 
-    with pytest.MonkeyPatch.context() as patch, socket.socket() as probe:
+    port = free_port()
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket.socket, "connect", local_connect)
         patch.setattr(socket, "getaddrinfo", local_getaddrinfo)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        ui = app_module.build_app(app_module.Classifier(str(model_folder)))
+        patch.setenv("GRADIO_TEMP_DIR", str(gradio_folder))
+        ui = app_module.build_app(classifier)
         _, url, _ = app_module.launch(ui, "127.0.0.1", port, block=False)
         yield url
         ui.close()
@@ -159,11 +182,12 @@ def test_top_5_labels_and_scores_are_the_pipelines(client, model_folder, files):
     assert status.startswith("Forward pass: **") and "(exact clustering, CPU" in status
 
 
-def test_cluster_picture_is_the_visualisation_of_each_clustered_stage_as_png(client, model_folder, files):
+def test_cluster_picture_colours_each_token_of_each_clustered_stage_by_its_cluster(client, model_folder, files):
     _, picture_path, _ = classify(client, files / "chelsea.jpg")
     picture = PIL.Image.open(picture_path)
-    assert picture.format == "PNG"
-    # The oracle: clustr_hf's visualisation of the last block of each clustered stage, over the image the model saw.
+    assert picture.format == "PNG" and picture.size == PICTURE_SIZE
+    # The oracle: the clusters of a forward pass of its own, of the last block of each clustered stage, over the image
+    # the model saw (enlarged twice: each pixel a 2 x 2 square), checked cell by cell.
     model = ClusTRForImageClassification.from_pretrained(model_folder).eval()
     processor = ClusTRImageProcessor.from_pretrained(model_folder)
     image = PIL.Image.open(files / "chelsea.jpg").convert("RGB")
@@ -172,11 +196,21 @@ def test_cluster_picture_is_the_visualisation_of_each_clustered_stage_as_png(cli
     assert [block.block for block in last_blocks] == [0, 1, 0]  # tiny config: depths 1, 2, 1 in the clustered stages
     shown = processor(image, do_normalize=False, return_tensors="pt").pixel_values[0]
     shown = (shown * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    plot_cluster_grid(shown, last_blocks, note="exact clustering").savefig(buffer, format="png")
-    expected = PIL.Image.open(buffer)
-    assert picture.size == expected.size == (440, 790)  # 3 stages x (coarse, fine) panels of 2.2 inches at 100 dpi
-    np.testing.assert_array_equal(np.asarray(picture.convert("RGBA")), np.asarray(expected.convert("RGBA")))
+    assert shown.shape == (64, 64, 3)
+    check_grid_picture(np.asarray(picture.convert("RGB")), shown.repeat(2, axis=0).repeat(2, axis=1), last_blocks)
+
+
+def test_the_model_runs_once_at_start_and_once_per_answer(app_module, model_folder, files, monkeypatch):
+    """The start-up's forward pass spares the first visitor the libraries' set-up; an answer's labels and clusters
+    come from one forward pass."""
+    forward, calls = ClusTRModel.forward, []  # the encoder's, which the classifier and the cluster maps run
+    monkeypatch.setattr(ClusTRModel, "forward",
+                        lambda model, *args, **kwargs: calls.append(kwargs) or forward(model, *args, **kwargs))
+    classifier = app_module.Classifier(str(model_folder))
+    assert len(calls) == 1
+    labels, picture, status = classifier.predict(str(files / "chelsea.jpg"), "exact")
+    assert len(calls) == 2 and next(iter(labels)) == "cat" and picture.size == PICTURE_SIZE
+    assert status.startswith("Forward pass: **")
 
 
 def test_pooled_switch_reruns_with_pooled_clustering(client, model_folder, files):
@@ -202,7 +236,6 @@ def test_pooled_switch_reruns_with_pooled_clustering(client, model_folder, files
 @pytest.mark.parametrize("name, message", [
     ("notes.txt", "`notes.txt` is not an image file the app can read (not a format PIL knows)"),
     ("empty.png", "`empty.png` is empty (0 bytes)"),
-    ("big.jpg", "`big.jpg` is 21 MB; the app takes files up to 20 MB"),
     ("huge.png", "`huge.png` is 12000x8000 pixels (96 megapixels); the app takes up to 89 megapixels"),
 ])
 def test_bad_upload_gets_a_readable_message(client, files, name, message):
@@ -211,12 +244,89 @@ def test_bad_upload_gets_a_readable_message(client, files, name, message):
     assert "Traceback" not in status and picture is None and not labels.get("confidences")
 
 
+def test_file_over_the_limit_is_refused_with_its_size(classifier, files):
+    """Through the server such a file never arrives (the next test); the app refuses it by itself too."""
+    labels, picture, status = classifier.predict(str(files / "big.jpg"), "exact")
+    assert "`big.jpg` is 21 MB; the app takes files up to 20 MB" in status and picture is None and labels is None
+
+
+def post_upload(url: str, size: int, piece_bytes: int = 2**20) -> tuple[int, str]:
+    """POST a multipart upload of `size` zero bytes to the upload endpoint of the app at `url`, generated piece by
+    piece as it is sent; the status and body of the answer."""
+    boundary = "clustr-test-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="huge.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    address = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    try:
+        connection.putrequest("POST", f"{address.path.rstrip('/')}/gradio_api/upload")
+        connection.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
+        connection.putheader("Content-Length", str(len(head) + size + len(tail)))
+        connection.endheaders()
+        piece = bytes(piece_bytes)
+        try:
+            connection.send(head)
+            for _ in range(size // piece_bytes):
+                connection.send(piece)
+            connection.send(bytes(size % piece_bytes) + tail)
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and hung up before the end
+            pass
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_upload_over_the_limit_is_refused_by_the_server_and_not_kept(app_module, served_app, gradio_folder):
+    status, body = post_upload(served_app, 300 * 2**20)
+    assert status == 413 and str(app_module.MAX_FILE_BYTES) in body
+    stored = [path for path in gradio_folder.rglob("*") if path.is_file()]
+    assert all(path.stat().st_size < 2**20 for path in stored), [(path, path.stat().st_size) for path in stored]
+
+
+def test_stored_uploads_and_pictures_are_deleted_at_exit(app_module, classifier, files, tmp_path, monkeypatch):
+    """Only the empty placeholder file that gradio's File component leaves for each upload remains."""
+    from gradio_client import Client
+
+    gradio_folder = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_folder))
+    ui = app_module.build_app(classifier)
+    _, url, _ = app_module.launch(ui, "127.0.0.1", free_port(), block=False)
+    try:
+        labels, _, _ = classify(Client(url, verbose=False, download_files=str(tmp_path / "client")),
+                                files / "chelsea.jpg")
+        assert labels["label"] == "cat"
+        assert {"chelsea.jpg", "clusters.png"} <= {path.name for path in gradio_folder.rglob("*") if path.is_file()}
+    finally:
+        ui.close()
+    assert [path for path in gradio_folder.rglob("*") if path.is_file() and path.stat().st_size] == []
+
+
 def test_missing_demo_model_says_to_run_make_demo(app_module, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no outputs/demo here
     assert app_module.main([]) == 2
     assert "There is no model in outputs/demo yet: run `make demo` first" in capsys.readouterr().err
     assert app_module.main(["--model", str(tmp_path / "nowhere")]) == 2
     assert "Pass --model with a folder written by save_pretrained" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("weights", "its weights file is damaged or not a safetensors file"),
+    ("config", "its config.json holds an invalid value (Validation error for field 'hidden_sizes'"),
+])
+def test_broken_model_folder_gets_one_line_naming_the_folder_and_the_problem(
+        app_module, model_folder, tmp_path, capsys, damage, problem):
+    folder = tmp_path / "broken"
+    shutil.copytree(model_folder, folder)
+    if damage == "weights":
+        (folder / "model.safetensors").write_bytes(b"not safetensors")
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "hidden_sizes": "wide"}))
+    assert app_module.main(["--model", str(folder)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: Could not load a classifier from '{folder}': {problem}")
 
 
 def test_browser_uploads_a_photo_and_sees_labels_and_clusters(served_app, files):
@@ -254,7 +364,7 @@ def test_browser_uploads_a_photo_and_sees_labels_and_clusters(served_app, files)
         wait.until(expected_conditions.text_to_be_present_in_element((By.ID, "status"), "Forward pass"))
         labels = driver.find_element(By.ID, "labels").text.split("\n")
         assert labels[:2] == ["Top-5 labels", "cat"] and "cat" in driver.find_element(By.TAG_NAME, "body").text
-        assert int(picture.get_attribute("naturalWidth")) == 440
+        assert int(picture.get_attribute("naturalWidth")) == PICTURE_SIZE[0]
         screenshot = driver.get_screenshot_as_png()
     finally:
         driver.quit()
@@ -281,7 +391,8 @@ labels, picture, status = classifier.predict("chelsea.jpg", "exact")
 app.build_app(classifier)
 print(json.dumps({"model": app.DEFAULT_MODEL, "visualization": app.visualization is None, "labels": labels,
                   "picture": list(picture.size), "status": status,
-                  "modules": [type(classifier.model).__module__, classifier.cluster_maps.__module__]}))
+                  "modules": [type(classifier.model).__module__, classifier.cluster_maps_from_outputs.__module__,
+                              classifier.draw_cluster_grid.__module__]}))
 """
 
 
@@ -304,4 +415,4 @@ def test_space_runs_in_a_fresh_process_with_the_model_from_the_hub_as_remote_cod
     expected = pipeline("image-classification", model=str(model_folder))(str(files / "chelsea.jpg"), top_k=5)
     assert list(answer["labels"]) == [entry["label"] for entry in expected]
     np.testing.assert_allclose(list(answer["labels"].values()), [entry["score"] for entry in expected], rtol=1e-5)
-    assert answer["picture"] == [440, 790] and answer["status"].startswith("Forward pass: **")
+    assert answer["picture"] == list(PICTURE_SIZE) and answer["status"].startswith("Forward pass: **")
