@@ -132,9 +132,9 @@ def load_classifier(source: str):
             return model, image_processor, *(
                 get_class_from_dynamic_module(f"visualization.{name}", source)
                 for name in ("cluster_maps_from_outputs", "draw_cluster_grid"))
-        except OSError as error:
-            raise ModelLoadError(f"{source!r} has no visualization.py to draw the clusters with ({error}); publish "
-                                 f"it again with examples/push_to_hub.py of clustr_hf.") from error
+        except (OSError, AttributeError) as error:  # AttributeError: the visualization.py of an older clustr_hf
+            raise ModelLoadError(f"{source!r} has no visualization.py to draw the clusters with, or an older one "
+                                 f"({error}); publish it again with examples/push_to_hub.py of clustr_hf.") from error
     return model, image_processor, visualization.cluster_maps_from_outputs, visualization.draw_cluster_grid
 
 

@@ -396,15 +396,21 @@ print(json.dumps({"model": app.DEFAULT_MODEL, "visualization": app.visualization
 """
 
 
-def test_space_runs_in_a_fresh_process_with_the_model_from_the_hub_as_remote_code(model_folder, files, tmp_path):
-    hub_folder = assemble_hub_folder(model_folder, tmp_path / "hub", repo_id=REPO_ID, space_id=SPACE_ID)
-    space_folder = assemble_space_folder(APP_PATH, tmp_path / "space", space_id=SPACE_ID, repo_id=REPO_ID)
-    # The model repository as huggingface_hub caches a download of it: the Space loads it by its Hub id, offline.
-    repo_cache = tmp_path / "hf_home" / "hub" / f"models--{REPO_ID.replace('/', '--')}"
+def assemble_space_and_cached_repo(model_folder, folder: Path) -> tuple[Path, Path]:
+    """The Space's folder, and the model repository's as huggingface_hub caches a download of it in `folder`: the Space
+    loads it by its Hub id, offline."""
+    hub_folder = assemble_hub_folder(model_folder, folder / "hub", repo_id=REPO_ID, space_id=SPACE_ID)
+    space_folder = assemble_space_folder(APP_PATH, folder / "space", space_id=SPACE_ID, repo_id=REPO_ID)
+    repo_cache = folder / "hf_home" / "hub" / f"models--{REPO_ID.replace('/', '--')}"
     commit = "0123456789abcdef0123456789abcdef01234567"
     shutil.copytree(hub_folder, repo_cache / "snapshots" / commit)
     (repo_cache / "refs").mkdir()
     (repo_cache / "refs" / "main").write_text(commit)
+    return space_folder, repo_cache / "snapshots" / commit
+
+
+def test_space_runs_in_a_fresh_process_with_the_model_from_the_hub_as_remote_code(model_folder, files, tmp_path):
+    space_folder, _ = assemble_space_and_cached_repo(model_folder, tmp_path)
     shutil.copyfile(files / "chelsea.jpg", tmp_path / "chelsea.jpg")
 
     completed = run_without_clustr_hf(SPACE_PROCESS, str(space_folder), cwd=tmp_path)
@@ -416,3 +422,24 @@ def test_space_runs_in_a_fresh_process_with_the_model_from_the_hub_as_remote_cod
     assert list(answer["labels"]) == [entry["label"] for entry in expected]
     np.testing.assert_allclose(list(answer["labels"].values()), [entry["score"] for entry in expected], rtol=1e-5)
     assert answer["picture"] == list(PICTURE_SIZE) and answer["status"].startswith("Forward pass: **")
+
+
+OLD_REPOSITORY_PROCESS = r"""
+sys.path.insert(0, sys.argv[2])
+import app
+
+try:
+    app.Classifier(app.DEFAULT_MODEL)
+except app.ModelLoadError as error:
+    print(error)
+"""
+
+
+def test_space_on_a_repository_without_the_pictures_code_says_to_publish_it_again(model_folder, tmp_path):
+    space_folder, snapshot = assemble_space_and_cached_repo(model_folder, tmp_path)
+    visualization = snapshot / "visualization.py"  # as published by a version of clustr_hf without draw_cluster_grid
+    visualization.write_text(visualization.read_text().replace("def draw_cluster_grid(", "def another_name("))
+    completed = run_without_clustr_hf(OLD_REPOSITORY_PROCESS, str(space_folder), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert f"'{REPO_ID}' has no visualization.py to draw the clusters with" in completed.stdout
+    assert "publish it again with examples/push_to_hub.py" in completed.stdout
