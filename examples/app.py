@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import io
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -147,8 +148,6 @@ class Classifier:
         self.model, self.image_processor, self.cluster_maps_from_outputs, self.draw_cluster_grid = load_classifier(
             source)
         self.lock = threading.Lock()
-        # One answer before serving: the libraries' first-call set-up would otherwise delay the first visitor.
-        self.classify(PIL.Image.new("RGB", (256, 256), "gray"), self.model.config.clustering_mode)
 
     def classify(self, image: PIL.Image.Image, clustering_mode: str):
         """The top-5 {label: softmax score}, the cluster picture and the forward pass's time in seconds; one forward
@@ -257,10 +256,18 @@ def build_app(classifier: Classifier) -> gr.Blocks:
 
 
 def launch(app: gr.Blocks, host: str, port: int, block: bool = True):
-    """Serve the app on host:port; `block=False` returns at once (the server runs in a thread; app.close() stops
-    it). Uploads over MAX_FILE_BYTES are refused by the server as they arrive."""
-    return app.launch(server_name=host, server_port=port, theme=THEME, prevent_thread_lock=not block, quiet=True,
-                      footer_links=["api"], max_file_size=MAX_FILE_BYTES)
+    """Serve the app on host:port and classify an example photo through the server once, so that the first visitor
+    does not wait for the model's and Gradio's first-call set-up; then serve on, or with `block=False` return (the
+    server runs in a thread; app.close() stops it). Uploads over MAX_FILE_BYTES are refused as they arrive."""
+    from gradio_client import Client, handle_file
+
+    served = app.launch(server_name=host, server_port=port, theme=THEME, prevent_thread_lock=True, quiet=True,
+                        footer_links=["api"], max_file_size=MAX_FILE_BYTES)
+    Client(served[1], verbose=False, download_files=False).predict(
+        handle_file(example_files()[0]), CLUSTERING_MODES[0][1], api_name="/classify")
+    if block:
+        app.block_thread()
+    return served
 
 
 def main(argv=None) -> int:
@@ -278,6 +285,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops)")
+    # A stop (kill, docker stop) closes the server as Ctrl+C does, and Gradio deletes the files it stored.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     launch(build_app(classifier), args.host, args.port)
     return 0
 

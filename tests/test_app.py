@@ -7,8 +7,12 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -200,37 +204,24 @@ def test_cluster_picture_colours_each_token_of_each_clustered_stage_by_its_clust
     check_grid_picture(np.asarray(picture.convert("RGB")), shown.repeat(2, axis=0).repeat(2, axis=1), last_blocks)
 
 
-def test_the_model_runs_once_at_start_and_once_per_answer(app_module, model_folder, files, monkeypatch):
-    """The start-up's forward pass spares the first visitor the libraries' set-up; an answer's labels and clusters
-    come from one forward pass."""
+def test_launch_answers_a_photo_before_serving_and_an_answer_takes_one_forward_pass(
+        app_module, classifier, files, tmp_path, monkeypatch):
+    """The start-up's answer spares the first visitor the model's and Gradio's first-call set-up; an answer's labels
+    and clusters come from one forward pass."""
     forward, calls = ClusTRModel.forward, []  # the encoder's, which the classifier and the cluster maps run
     monkeypatch.setattr(ClusTRModel, "forward",
                         lambda model, *args, **kwargs: calls.append(kwargs) or forward(model, *args, **kwargs))
-    classifier = app_module.Classifier(str(model_folder))
-    assert len(calls) == 1
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    ui = app_module.build_app(classifier)
+    try:
+        app_module.launch(ui, "127.0.0.1", free_port(), block=False)
+        assert len(calls) == 1
+        assert {"chelsea.jpg", "clusters.png"} <= {path.name for path in (tmp_path / "gradio").rglob("*")}
+    finally:
+        ui.close()
     labels, picture, status = classifier.predict(str(files / "chelsea.jpg"), "exact")
     assert len(calls) == 2 and next(iter(labels)) == "cat" and picture.size == PICTURE_SIZE
     assert status.startswith("Forward pass: **")
-
-
-def test_pooled_switch_reruns_with_pooled_clustering(client, model_folder, files):
-    exact_labels, _, exact_status = classify(client, files / "chelsea.jpg", "exact")
-    pooled_labels, pooled_picture, pooled_status = classify(client, files / "chelsea.jpg", "pooled")
-    assert "(pooled clustering, CPU" in pooled_status and pooled_status != exact_status
-    assert pooled_labels.keys() == exact_labels.keys() == {"label", "confidences"}
-    assert [set(entry) for entry in pooled_labels["confidences"]] == [{"label", "confidence"}] * 5
-    model = ClusTRForImageClassification.from_pretrained(model_folder, clustering_mode="pooled").eval()
-    pixel_values = ClusTRImageProcessor.from_pretrained(model_folder)(
-        PIL.Image.open(files / "chelsea.jpg"), return_tensors="pt").pixel_values
-    with torch.no_grad():
-        scores = model(pixel_values).logits[0].softmax(-1)
-    top = scores.topk(5)
-    assert [entry["label"] for entry in pooled_labels["confidences"]] == [
-        model.config.id2label[index] for index in top.indices.tolist()]
-    np.testing.assert_allclose([entry["confidence"] for entry in pooled_labels["confidences"]], top.values.tolist(),
-                               rtol=1e-5)
-    assert PIL.Image.open(pooled_picture).format == "PNG"
-    assert classify(client, files / "chelsea.jpg", "exact")[0] == exact_labels  # and back
 
 
 @pytest.mark.parametrize("name, message", [
@@ -300,6 +291,25 @@ def test_stored_uploads_and_pictures_are_deleted_at_exit(app_module, classifier,
         assert {"chelsea.jpg", "clusters.png"} <= {path.name for path in gradio_folder.rglob("*") if path.is_file()}
     finally:
         ui.close()
+    assert [path for path in gradio_folder.rglob("*") if path.is_file() and path.stat().st_size] == []
+
+
+def test_stopped_app_deletes_the_files_it_stored(model_folder, tmp_path):
+    """`kill` (SIGTERM, as docker stop sends) closes the server as Ctrl+C does: Gradio deletes its files."""
+    gradio_folder = tmp_path / "gradio"
+    app = subprocess.Popen([sys.executable, str(APP_PATH), "--model", str(model_folder), "--port", str(free_port())],
+                           env={**os.environ, "GRADIO_TEMP_DIR": str(gradio_folder)}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(gradio_folder.rglob("clusters.png")):  # the answer to the start-up's example photo
+            assert app.poll() is None and time.monotonic() < deadline, "the app did not answer its example photo"
+            time.sleep(0.2)
+        app.send_signal(signal.SIGTERM)
+        assert app.wait(timeout=60) == 0, app.stderr.read()[-2000:]
+    finally:
+        app.kill()
+        app.stderr.close()
     assert [path for path in gradio_folder.rglob("*") if path.is_file() and path.stat().st_size] == []
 
 
