@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import PIL.Image
@@ -38,7 +37,9 @@ with gr.Blocks(analytics_enabled=False) as app:
     outputs = [gr.Label(), gr.Image(), gr.Markdown()]
     upload.change(lambda path, mode: ({"-": 1.0}, None, "Forward pass: **0 ms**"), [upload, mode], outputs,
                   api_name="classify")
-app.queue().launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), quiet=True)
+app.queue().launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), quiet=True, prevent_thread_lock=True)
+print("Serving", flush=True)
+app.block_thread()
 """
 """An app with examples/app.py's inputs and outputs that answers at once, run as `python -c EMPTY_APP PORT`."""
 
@@ -49,17 +50,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the app exited with status {process.returncode} before serving")
-        try:
-            urllib.request.urlopen(url, timeout=1)
+def wait_until_serving(process: subprocess.Popen) -> None:
+    """Wait for the app's "Serving ..." line, which it prints once it is ready for visitors."""
+    for line in process.stdout:
+        if line.startswith("Serving"):
             return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"the app did not serve {url} within {timeout:.0f} s")
+    raise SystemExit(f"the app exited with status {process.wait()} before serving")
 
 
 def save_random_model(variant: str, image_size: int, folder: Path) -> str:
@@ -114,9 +110,9 @@ def time_answers(command: list[str], port: int, photo: Path, warm: int, name: st
     """Start the app `command` serving on `port`, then print how long it takes to start and to answer `photo`."""
     url = f"http://127.0.0.1:{port}/"
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, text=True)
     try:
-        wait_until_serving(url, process)
+        wait_until_serving(process)
         serving = time.perf_counter() - start
         client = Client(url, verbose=False)
         start = time.perf_counter()

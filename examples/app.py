@@ -255,18 +255,16 @@ def build_app(classifier: Classifier) -> gr.Blocks:
     return app.queue(default_concurrency_limit=1)
 
 
-def launch(app: gr.Blocks, host: str, port: int, block: bool = True):
-    """Serve the app on host:port and classify an example photo through the server once, so that the first visitor
-    does not wait for the model's and Gradio's first-call set-up; then serve on, or with `block=False` return (the
-    server runs in a thread; app.close() stops it). Uploads over MAX_FILE_BYTES are refused as they arrive."""
+def launch(app: gr.Blocks, host: str, port: int):
+    """Serve the app on host:port (in a thread; app.close() stops it) and classify an example photo through the
+    server once before returning, so that the first visitor does not wait for the model's and Gradio's first-call
+    set-up. Uploads over MAX_FILE_BYTES are refused as they arrive."""
     from gradio_client import Client, handle_file
 
     served = app.launch(server_name=host, server_port=port, theme=THEME, prevent_thread_lock=True, quiet=True,
                         footer_links=["api"], max_file_size=MAX_FILE_BYTES)
     Client(served[1], verbose=False, download_files=False).predict(
         handle_file(example_files()[0]), CLUSTERING_MODES[0][1], api_name="/classify")
-    if block:
-        app.block_thread()
     return served
 
 
@@ -284,10 +282,12 @@ def main(argv=None) -> int:
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops)")
+    app = build_app(classifier)
+    launch(app, args.host, args.port)
+    print(f"Serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops)", flush=True)
     # A stop (kill, docker stop) closes the server as Ctrl+C does, and Gradio deletes the files it stored.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    launch(build_app(classifier), args.host, args.port)
+    app.block_thread()
     return 0
 
 

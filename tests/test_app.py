@@ -158,7 +158,7 @@ def served_app(app_module, classifier, gradio_folder):
         patch.setattr(socket, "getaddrinfo", local_getaddrinfo)
         patch.setenv("GRADIO_TEMP_DIR", str(gradio_folder))
         ui = app_module.build_app(classifier)
-        _, url, _ = app_module.launch(ui, "127.0.0.1", port, block=False)
+        _, url, _ = app_module.launch(ui, "127.0.0.1", port)
         yield url
         ui.close()
 
@@ -214,7 +214,7 @@ def test_launch_answers_a_photo_before_serving_and_an_answer_takes_one_forward_p
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     ui = app_module.build_app(classifier)
     try:
-        app_module.launch(ui, "127.0.0.1", free_port(), block=False)
+        app_module.launch(ui, "127.0.0.1", free_port())
         assert len(calls) == 1
         assert {"chelsea.jpg", "clusters.png"} <= {path.name for path in (tmp_path / "gradio").rglob("*")}
     finally:
@@ -283,7 +283,7 @@ def test_stored_uploads_and_pictures_are_deleted_at_exit(app_module, classifier,
     gradio_folder = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_folder))
     ui = app_module.build_app(classifier)
-    _, url, _ = app_module.launch(ui, "127.0.0.1", free_port(), block=False)
+    _, url, _ = app_module.launch(ui, "127.0.0.1", free_port())
     try:
         labels, _, _ = classify(Client(url, verbose=False, download_files=str(tmp_path / "client")),
                                 files / "chelsea.jpg")
