@@ -1,13 +1,17 @@
 """See what ClusTR clusters: per clustered block, the token clusters of an image laid out on the stage's grid, and
-pictures of them. The bookkeeping (`cluster_maps`) and the colouring (`cluster_colours`, `cluster_overlay`) need
-only torch and numpy; the figures (`plot_cluster_map`, `plot_cluster_grid`) need matplotlib
-(`pip install matplotlib`; in a clone: `pip install -e ".[viz]"`), imported only when they are drawn.
+pictures of them. The bookkeeping (`cluster_maps`), the colouring (`cluster_colours`, `cluster_overlay`) and the quick
+picture (`draw_cluster_grid`) need only torch, numpy and PIL; the figures (`plot_cluster_map`, `plot_cluster_grid`)
+need matplotlib (`pip install matplotlib`; in a clone: `pip install -e ".[viz]"`), imported only when they are drawn.
 """
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
 import torch
 
 from .modeling_clustr import ClusTRModel, ClusTRPreTrainedModel, block_cluster_counts
@@ -68,7 +72,15 @@ def cluster_maps(model: ClusTRPreTrainedModel, pixel_values: torch.Tensor) -> li
         outputs = base(pixel_values, output_hidden_states=True, output_cluster_assignments=True, return_dict=True)
     finally:
         base.train(was_training)
-    config = base.config
+    return cluster_maps_from_outputs(base.config, outputs)
+
+
+def cluster_maps_from_outputs(config, outputs) -> list[BlockClusters]:
+    """`cluster_maps` of the outputs of a forward pass the caller ran (ClusTRModel's or the classifier's, with
+    `output_hidden_states=True, output_cluster_assignments=True`): predictions and clusters from one forward pass."""
+    if outputs.cluster_assignments is None or outputs.hidden_states is None:
+        raise ValueError("cluster_maps_from_outputs needs the outputs of a forward pass run with "
+                         "output_hidden_states=True and output_cluster_assignments=True.")
     names = scale_names(config.cluster_scales)
     clustered_blocks = [
         (stage, block, ratio)
@@ -163,6 +175,15 @@ def distinct_colours(count: int) -> tuple[np.ndarray, np.ndarray]:
     return rgb, lab
 
 
+@lru_cache(maxsize=16)
+def _palette_distances(count: int) -> np.ndarray:
+    """(count, count) OKLab distances between the colours of `distinct_colours(count)`."""
+    _, lab = distinct_colours(count)
+    distances = np.linalg.norm(lab[:, None] - lab[None], axis=-1)
+    distances.flags.writeable = False  # shared by the cache
+    return distances
+
+
 def cluster_colours(assignment_map, num_clusters: int | None = None) -> np.ndarray:
     """A different colour for every cluster of one (height, width) assignment map, (num_clusters, 3) uint8.
 
@@ -172,23 +193,23 @@ def cluster_colours(assignment_map, num_clusters: int | None = None) -> np.ndarr
     """
     labels = np.asarray(assignment_map)
     num_clusters = int(labels.max()) + 1 if num_clusters is None else num_clusters
-    rgb, lab = distinct_colours(num_clusters)
-    pairs = np.concatenate([
-        np.stack((labels[:, :-1].ravel(), labels[:, 1:].ravel()), axis=1),
-        np.stack((labels[:-1].ravel(), labels[1:].ravel()), axis=1),
-    ])
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    neighbours = [set() for _ in range(num_clusters)]
-    for first, second in pairs:
-        neighbours[first].add(second)
-        neighbours[second].add(first)
+    rgb, _ = distinct_colours(num_clusters)
+    distances = _palette_distances(num_clusters)
+    first = np.concatenate((labels[:, :-1].ravel(), labels[:-1].ravel()))
+    second = np.concatenate((labels[:, 1:].ravel(), labels[1:].ravel()))
+    touching = first != second
+    first, second = first[touching], second[touching]
+    pairs = np.unique(np.concatenate((first * num_clusters + second, second * num_clusters + first)))
+    # pairs in both directions, sorted by their first cluster: the neighbours of each cluster
+    neighbours = np.split(pairs % num_clusters, np.searchsorted(pairs // num_clusters, np.arange(1, num_clusters)))
     order = sorted(range(num_clusters), key=lambda cluster: -len(neighbours[cluster]))
     colour_of = np.full(num_clusters, -1)
     unused = np.ones(num_clusters, dtype=bool)
     for cluster in order:
-        coloured = [colour_of[other] for other in neighbours[cluster] if colour_of[other] >= 0]
-        if coloured:
-            distance = np.linalg.norm(lab[:, None] - lab[coloured][None], axis=-1).min(axis=1)
+        coloured = colour_of[neighbours[cluster]]
+        coloured = coloured[coloured >= 0]
+        if len(coloured):
+            distance = distances[:, coloured].min(axis=1)
             colour_of[cluster] = int(np.argmax(np.where(unused, distance, -1.0)))
         else:
             colour_of[cluster] = int(np.argmax(unused))
@@ -346,16 +367,87 @@ def plot_cluster_grid(image, maps: list[BlockClusters], scales=None, image_index
     return figure
 
 
+PANEL_MIN_SIDE = 128
+"""`draw_cluster_grid` enlarges images smaller than this (pixels, longer side) by a whole factor, nearest pixel."""
+HEADING_HEIGHT = 22
+"""Pixels above the panels of `draw_cluster_grid` that hold its heading."""
+CAPTION_HEIGHT = 32
+"""Pixels above each panel of `draw_cluster_grid` that hold its caption (two lines)."""
+PANEL_GAP = 6
+"""White pixels around and between the panels of `draw_cluster_grid`."""
+MAX_MARKER_RADIUS = 5
+"""Largest radius in pixels of the centre dots of `draw_cluster_grid` (a quarter of a token, 2 to this)."""
+
+
+@lru_cache(maxsize=1)
+def _caption_font() -> PIL.ImageFont.ImageFont:
+    """PIL's built-in font at 12 pixels (no font files needed)."""
+    return PIL.ImageFont.load_default(size=12)
+
+
+def panel_enlargement(size: tuple[int, int]) -> int:
+    """The whole factor `draw_cluster_grid` enlarges an image of `size` (height, width) by: 1 from PANEL_MIN_SIDE."""
+    return max(1, math.ceil(PANEL_MIN_SIDE / max(size)))
+
+
+def draw_cluster_grid(image, maps: list[BlockClusters], scales=None, image_index: int = 0, note: str = "",
+                      opacity: float = 0.6) -> PIL.Image.Image:
+    """Every clustered block's clusters over the image in one RGB picture, drawn with numpy and PIL only (in
+    milliseconds, for an app's answer): a row per block in model order, a panel per scale, each captioned with stage
+    and block, scale and cluster count; `note` in the heading.
+
+    A panel is `cluster_overlay` of the image enlarged by `panel_enlargement` (nearest pixel: every image pixel a
+    square), with a white dot outlined in black on each cluster centre. Panels of H x W pixels lie at
+    x = PANEL_GAP + column * (W + PANEL_GAP), y = HEADING_HEIGHT + row * (CAPTION_HEIGHT + H + PANEL_GAP) +
+    CAPTION_HEIGHT.
+    """
+    image = np.asarray(image)
+    factor = panel_enlargement(image.shape[:2])
+    image = image.repeat(factor, axis=0).repeat(factor, axis=1)
+    height, width = image.shape[:2]
+    columns = max(len(_panels(clusters, scales)) for clusters in maps)
+    canvas = np.full((HEADING_HEIGHT + len(maps) * (CAPTION_HEIGHT + height + PANEL_GAP),
+                      PANEL_GAP + columns * (width + PANEL_GAP), 3), 255, dtype=np.uint8)
+    placed = []
+    for row, clusters in enumerate(maps):
+        for column, scale in enumerate(_panels(clusters, scales)):
+            left, top = PANEL_GAP + column * (width + PANEL_GAP), HEADING_HEIGHT + row * (
+                CAPTION_HEIGHT + height + PANEL_GAP) + CAPTION_HEIGHT
+            labels = clusters.assignments[image_index, scale].numpy()
+            canvas[top:top + height, left:left + width] = cluster_overlay(
+                image, labels, cluster_colours(labels, clusters.counts[scale]), opacity)
+            placed.append((clusters, scale, left, top))
+    picture = PIL.Image.fromarray(canvas)
+    draw, font = PIL.ImageDraw.Draw(picture), _caption_font()
+    draw.text((PANEL_GAP, 4), f"ClusTR clusters per block{f': {note}' if note else ''}", fill="black", font=font)
+    for clusters, scale, left, top in placed:
+        draw.text((left, top - CAPTION_HEIGHT + 2), f"stage {clusters.stage} block {clusters.block}\n"
+                  f"{clusters.scale_names[scale]}: {clusters.counts[scale]} clusters", fill="black", font=font)
+        radius = min(max(width / clusters.grid[1] / 4, 2), MAX_MARKER_RADIUS)
+        for x, y in centre_pixels(clusters, scale, (height, width), image_index):
+            draw.ellipse((left + x - radius, top + y - radius, left + x + radius, top + y + radius), fill="white",
+                         outline="black")
+    return picture
+
+
 __all__ = [
+    "CAPTION_HEIGHT",
+    "HEADING_HEIGHT",
     "LEGEND_HEIGHT",
+    "MAX_MARKER_RADIUS",
     "MIN_PANEL_WIDTH",
+    "PANEL_GAP",
+    "PANEL_MIN_SIDE",
     "BlockClusters",
     "centre_pixels",
     "cluster_colours",
     "cluster_maps",
+    "cluster_maps_from_outputs",
     "cluster_overlay",
     "distinct_colours",
+    "draw_cluster_grid",
     "find_block",
+    "panel_enlargement",
     "plot_cluster_grid",
     "plot_cluster_map",
     "scale_names",

@@ -12,8 +12,10 @@ draws its clusters load from the model repository with trust_remote_code=True.
 """
 
 import argparse
+import hashlib
 import io
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -33,6 +35,8 @@ import gradio as gr  # noqa: E402
 import PIL.Image  # noqa: E402
 import PIL.ImageOps  # noqa: E402
 import torch  # noqa: E402
+from huggingface_hub.errors import StrictDataclassError  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForImageClassification  # noqa: E402
 from transformers.dynamic_module_utils import get_class_from_dynamic_module  # noqa: E402
 
@@ -52,6 +56,11 @@ EXAMPLE_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
 CLUSTERING_MODES = [("exact (the paper's DPC-kNN)", "exact"), ("pooled (scalable)", "pooled")]
 TOP_K = 5
 MAX_FILE_BYTES = 20 * 2**20
+"""The largest upload: the server refuses larger ones while they arrive, before storing them."""
+DELETE_CACHE = (300, 600)
+"""Every 5 minutes gradio deletes the uploads and pictures it stored over 10 minutes ago, and all of them at exit."""
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the cluster picture: a quarter of the encoding time of PIL's default level, for a tenth more bytes."""
 MAX_PIXELS = PIL.Image.MAX_IMAGE_PIXELS
 """PIL's limit against decompression bombs (about 89 megapixels); the model sees a few hundred pixels a side anyway."""
 ACCEPTED = "upload a photo as a JPEG, PNG, WebP, BMP, GIF or TIFF file"
@@ -97,7 +106,8 @@ def read_upload(path) -> PIL.Image.Image:
 
 def load_classifier(source: str):
     """The ClusTR classifier in `source` (a folder written by save_pretrained, or a Hub id), its image processor,
-    and the cluster_maps and plot_cluster_grid functions of the same code (clustr_hf's, or the repository's)."""
+    and the cluster_maps_from_outputs and draw_cluster_grid functions of the same code (clustr_hf's, or the
+    repository's)."""
     if source == str(DEMO_FOLDER) and not DEMO_FOLDER.is_dir():
         raise ModelLoadError(f"There is no model in {DEMO_FOLDER} yet: run `make demo` first (it trains the demo "
                              f"model there, about 5 minutes on 2 CPU cores), or pass --model with a folder written "
@@ -106,8 +116,13 @@ def load_classifier(source: str):
     try:
         model = AutoModelForImageClassification.from_pretrained(source, trust_remote_code=remote_code).eval()
         image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=remote_code)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"Could not load a classifier from {source!r}: {error}\nPass --model with a folder "
+    except (OSError, ValueError, RuntimeError, SafetensorError, StrictDataclassError) as error:
+        problem = " ".join(str(error).split()).rstrip(".!")  # on one line: some of these messages span several
+        if isinstance(error, SafetensorError):
+            problem = f"its weights file is damaged or not a safetensors file ({problem})"
+        elif isinstance(error, StrictDataclassError):
+            problem = f"its config.json holds an invalid value ({problem})"
+        raise ModelLoadError(f"Could not load a classifier from {source!r}: {problem}. Pass --model with a folder "
                              f"written by save_pretrained (such as {DEMO_FOLDER}, written by `make demo`) or the Hub "
                              f"id of a ClusTR classifier.") from error
     if model.config.model_type != "clustr":
@@ -117,11 +132,11 @@ def load_classifier(source: str):
         try:
             return model, image_processor, *(
                 get_class_from_dynamic_module(f"visualization.{name}", source)
-                for name in ("cluster_maps", "plot_cluster_grid"))
-        except OSError as error:
-            raise ModelLoadError(f"{source!r} has no visualization.py to draw the clusters with ({error}); publish "
-                                 f"it again with examples/push_to_hub.py of clustr_hf.") from error
-    return model, image_processor, visualization.cluster_maps, visualization.plot_cluster_grid
+                for name in ("cluster_maps_from_outputs", "draw_cluster_grid"))
+        except (OSError, AttributeError) as error:  # AttributeError: the visualization.py of an older clustr_hf
+            raise ModelLoadError(f"{source!r} has no visualization.py to draw the clusters with, or an older one "
+                                 f"({error}); publish it again with examples/push_to_hub.py of clustr_hf.") from error
+    return model, image_processor, visualization.cluster_maps_from_outputs, visualization.draw_cluster_grid
 
 
 class Classifier:
@@ -130,19 +145,21 @@ class Classifier:
 
     def __init__(self, source: str):
         self.source = source
-        self.model, self.image_processor, self.cluster_maps, self.plot_cluster_grid = load_classifier(source)
+        self.model, self.image_processor, self.cluster_maps_from_outputs, self.draw_cluster_grid = load_classifier(
+            source)
         self.lock = threading.Lock()
 
     def classify(self, image: PIL.Image.Image, clustering_mode: str):
-        """The top-5 {label: softmax score}, the cluster picture (PNG) and the forward pass's time in seconds."""
+        """The top-5 {label: softmax score}, the cluster picture and the forward pass's time in seconds; one forward
+        pass gives both the labels and the clusters."""
         pixel_values = self.image_processor(image, return_tensors="pt").pixel_values
         with self.lock, torch.inference_mode():
             self.model.config.clustering_mode = clustering_mode
             start = time.perf_counter()
-            logits = self.model(pixel_values=pixel_values).logits
+            outputs = self.model(pixel_values=pixel_values, output_hidden_states=True, output_cluster_assignments=True)
             seconds = time.perf_counter() - start
-            maps = self.cluster_maps(self.model, pixel_values)
-        scores = logits[0].softmax(-1)
+        maps = self.cluster_maps_from_outputs(self.model.config, outputs)
+        scores = outputs.logits[0].softmax(-1)
         best = scores.topk(min(TOP_K, scores.numel()))
         id2label = self.model.config.id2label
         labels = {id2label[index]: score for score, index in zip(best.values.tolist(), best.indices.tolist())}
@@ -150,17 +167,14 @@ class Classifier:
 
     def cluster_picture(self, image: PIL.Image.Image, maps, clustering_mode: str) -> PIL.Image.Image | None:
         """The clusters of the last block of each clustered stage over the image as the model saw it (resized and
-        cropped by the image processor), coarse and fine scale side by side, as a PNG image."""
+        cropped by the image processor), coarse and fine scale side by side."""
         stages = sorted({clusters.stage for clusters in maps})
         if not stages:  # every stage attends fully: nothing is clustered
             return None
         last_blocks = [[clusters for clusters in maps if clusters.stage == stage][-1] for stage in stages]
         shown = self.image_processor(image, do_normalize=False, return_tensors="pt").pixel_values[0]
         shown = (shown.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-        figure = self.plot_cluster_grid(shown, last_blocks, note=f"{clustering_mode} clustering")
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        return PIL.Image.open(buffer)
+        return self.draw_cluster_grid(shown, last_blocks, note=f"{clustering_mode} clustering")
 
     def predict(self, upload, clustering_mode: str):
         """The page's answer to an upload: labels, cluster picture and a status line, or a message saying what is
@@ -179,11 +193,23 @@ class Classifier:
                                  f"{torch.get_num_threads()} threads)")
 
 
+def save_png(picture: PIL.Image.Image, folder) -> str:
+    """Write the picture as a PNG file in a subfolder of `folder` named by its content (as gradio names the files of
+    its cache) and return its path; a low zlib level keeps the encoding far below the forward pass's time."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
+    path = Path(folder) / hashlib.sha256(buffer.getvalue()).hexdigest() / "clusters.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return str(path)
+
+
 def example_files() -> list[str]:
-    """scikit-image's sample photos written as JPEG files, for the page's examples."""
+    """scikit-image's sample photos written as JPEG files, for the page's examples (the same folder at every start)."""
     from skimage import data
 
-    folder = Path(tempfile.mkdtemp(prefix="clustr-app-examples-"))
+    folder = Path(tempfile.gettempdir()) / "clustr-app-examples"
+    folder.mkdir(exist_ok=True)
     paths = []
     for name in EXAMPLE_PHOTOS:
         path = folder / f"{name}.jpg"
@@ -196,7 +222,7 @@ def build_app(classifier: Classifier) -> gr.Blocks:
     """The page: upload and examples, clustering switch, top-5 labels, status line with the forward time, clusters."""
     config = classifier.model.config
     name = Path(classifier.source).name if Path(classifier.source).is_dir() else classifier.source
-    with gr.Blocks(title=f"ClusTR: {name}", analytics_enabled=False) as app:
+    with gr.Blocks(title=f"ClusTR: {name}", analytics_enabled=False, delete_cache=DELETE_CACHE) as app:
         gr.Markdown(
             f"# ClusTR: `{name}`\n"
             f"Upload an image or pick an example photo. The classifier ({config.num_labels} classes) shows its "
@@ -217,17 +243,29 @@ def build_app(classifier: Classifier) -> gr.Blocks:
             with gr.Column():
                 clusters = gr.Image(label="Clusters per stage", show_label=False, type="pil", format="png",
                                     interactive=False, elem_id="clusters")
+
+        def answer(upload_path, clustering_mode):
+            """`Classifier.predict` with the picture written to gradio's cache as a quickly encoded PNG file."""
+            found, picture, line = classifier.predict(upload_path, clustering_mode)
+            return found, None if picture is None else save_png(picture, clusters.GRADIO_CACHE), line
+
         outputs = [labels, clusters, status]
-        upload.change(classifier.predict, [upload, mode], outputs, api_name="classify", concurrency_id="model")
-        mode.change(classifier.predict, [upload, mode], outputs, api_name=False, concurrency_id="model")
+        upload.change(answer, [upload, mode], outputs, api_name="classify", concurrency_id="model")
+        mode.change(answer, [upload, mode], outputs, api_name=False, concurrency_id="model")
     return app.queue(default_concurrency_limit=1)
 
 
-def launch(app: gr.Blocks, host: str, port: int, block: bool = True):
-    """Serve the app on host:port; `block=False` returns at once (the server runs in a thread; app.close() stops
-    it)."""
-    return app.launch(server_name=host, server_port=port, theme=THEME, prevent_thread_lock=not block, quiet=True,
-                      footer_links=["api"])
+def launch(app: gr.Blocks, host: str, port: int):
+    """Serve the app on host:port (in a thread; app.close() stops it) and classify an example photo through the
+    server once before returning, so that the first visitor does not wait for the model's and Gradio's first-call
+    set-up. Uploads over MAX_FILE_BYTES are refused as they arrive."""
+    from gradio_client import Client, handle_file
+
+    served = app.launch(server_name=host, server_port=port, theme=THEME, prevent_thread_lock=True, quiet=True,
+                        footer_links=["api"], max_file_size=MAX_FILE_BYTES)
+    Client(served[1], verbose=False, download_files=False).predict(
+        handle_file(example_files()[0]), CLUSTERING_MODES[0][1], api_name="/classify")
+    return served
 
 
 def main(argv=None) -> int:
@@ -244,8 +282,12 @@ def main(argv=None) -> int:
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops)")
-    launch(build_app(classifier), args.host, args.port)
+    app = build_app(classifier)
+    launch(app, args.host, args.port)
+    print(f"Serving {args.model} on http://{args.host}:{args.port} (Ctrl+C stops)", flush=True)
+    # A stop (kill, docker stop) closes the server as Ctrl+C does, and Gradio deletes the files it stored.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    app.block_thread()
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Cluster maps: the bookkeeping matches the model's own clusters, the drawn colours follow the assignments, and the
-example script writes PNGs of the expected size from saved models, with or without an image processor."""
+"""Cluster maps: the bookkeeping matches the model's own clusters, the drawn colours follow the assignments (in the
+quick picture pixel for pixel), and the example script writes PNGs of the expected size from saved models, with or
+without an image processor."""
 
 import importlib.util
 import json
@@ -15,13 +16,19 @@ from PIL import Image
 import clustr_hf
 from clustr_hf import ClusTRForImageClassification, ClusTRModel
 from clustr_hf.visualization import (
+    CAPTION_HEIGHT,
+    HEADING_HEIGHT,
     LEGEND_HEIGHT,
+    MAX_MARKER_RADIUS,
     MIN_PANEL_WIDTH,
+    PANEL_GAP,
     centre_pixels,
     cluster_colours,
     cluster_maps,
+    cluster_maps_from_outputs,
     cluster_overlay,
     distinct_colours,
+    draw_cluster_grid,
     find_block,
     plot_cluster_grid,
     plot_cluster_map,
@@ -76,6 +83,19 @@ def test_cluster_maps_are_the_models_own_clusters(classifier, maps):
                 assert torch.equal(clusters.assignments[image, scale, rows, cols], torch.arange(count))
                 assert set(clusters.assignments[image, scale].unique().tolist()) == set(range(count))
         assert not torch.equal(clusters.assignments[0], clusters.assignments[1])  # two photos, two clusterings
+
+
+def test_cluster_maps_from_outputs_of_the_classifiers_forward_are_cluster_maps(classifier, maps):
+    pixel_values = torch.stack([photo("astronaut", PHOTO_SIZE), photo("coffee", PHOTO_SIZE)])
+    with torch.no_grad():
+        outputs = classifier(pixel_values, output_hidden_states=True, output_cluster_assignments=True)
+    from_outputs = cluster_maps_from_outputs(classifier.config, outputs)
+    assert [(clusters.stage, clusters.block, clusters.grid, clusters.counts) for clusters in from_outputs] == [
+        (clusters.stage, clusters.block, clusters.grid, clusters.counts) for clusters in maps]
+    for ours, theirs in zip(from_outputs, maps):
+        assert torch.equal(ours.assignments, theirs.assignments) and torch.equal(ours.centres, theirs.centres)
+    with pytest.raises(ValueError, match="output_hidden_states=True and output_cluster_assignments=True"):
+        cluster_maps_from_outputs(classifier.config, classifier(pixel_values, output_hidden_states=True))
 
 
 def test_cluster_maps_use_inference_mode_and_restore_training(maps):
@@ -153,6 +173,58 @@ def test_overlay_blends_with_the_photo():
     assert (overlay == np.array([125, 75, 88])).all()
     with pytest.raises(ValueError, match="uint8"):
         cluster_overlay(image.astype(float), np.zeros((2, 2), dtype=int), colours)
+
+
+def check_grid_picture(picture, image, blocks, image_index=0, opacity=0.6):
+    """Assert that `picture` (draw_cluster_grid's, as an RGB array) shows `blocks` over `image` (the enlarged image,
+    one panel per scale), with an oracle built cell by cell: every pixel of a token's cell is the image's pixel
+    blended with the colour of the token's cluster, except the cell's last column (row), which is white where the
+    token to the right (below) is in another cluster; a white dot lies on every cluster centre."""
+    height, width = image.shape[:2]
+    columns = len(blocks[0].counts)
+    assert picture.shape == (HEADING_HEIGHT + len(blocks) * (CAPTION_HEIGHT + height + PANEL_GAP),
+                             PANEL_GAP + columns * (width + PANEL_GAP), 3)
+    assert (picture[:HEADING_HEIGHT] < 100).any()  # the heading's text
+    for row, clusters in enumerate(blocks):
+        grid_height, grid_width = clusters.grid
+        cell_height, cell_width = height // grid_height, width // grid_width
+        assert (cell_height * grid_height, cell_width * grid_width) == (height, width)
+        for column in range(columns):
+            top = HEADING_HEIGHT + row * (CAPTION_HEIGHT + height + PANEL_GAP) + CAPTION_HEIGHT
+            left = PANEL_GAP + column * (width + PANEL_GAP)
+            assert (picture[top - CAPTION_HEIGHT:top, left:left + width] < 100).any()  # the caption's text
+            panel = picture[top:top + height, left:left + width]
+            labels = clusters.assignments[image_index, column].numpy()
+            colours = cluster_colours(labels, clusters.counts[column])
+            expected = np.empty_like(image)
+            for token_row in range(grid_height):
+                for token_col in range(grid_width):
+                    cell = (slice(token_row * cell_height, (token_row + 1) * cell_height),
+                            slice(token_col * cell_width, (token_col + 1) * cell_width))
+                    label = labels[token_row, token_col]
+                    expected[cell] = np.round((1 - opacity) * image[cell] + opacity * colours[label])
+                    if token_col + 1 < grid_width and labels[token_row, token_col + 1] != label:
+                        expected[cell[0], cell[1].stop - 1] = 255
+                    if token_row + 1 < grid_height and labels[token_row + 1, token_col] != label:
+                        expected[cell[0].stop - 1, cell[1]] = 255
+            checked = np.ones((height, width), dtype=bool)
+            rows_cols = clusters.centres[image_index, : clusters.counts[column]].numpy()
+            for token_row, token_col in rows_cols:
+                y, x = int((token_row + 0.5) * cell_height), int((token_col + 0.5) * cell_width)
+                assert (panel[y, x] == 255).all()  # the centre's dot
+                reach = MAX_MARKER_RADIUS + 1
+                checked[max(0, y - reach):y + reach + 1, max(0, x - reach):x + reach + 1] = False
+            np.testing.assert_array_equal(panel[checked], expected[checked])
+
+
+@pytest.mark.parametrize("image_index", [0, 1])
+@pytest.mark.parametrize("size, enlargement", [(PHOTO_SIZE, 1), ((48, 64), 2)])
+def test_grid_picture_colours_every_token_by_its_cluster(maps, image_index, size, enlargement):
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    picture = draw_cluster_grid(image, maps, image_index=image_index, note="b0, untrained")
+    assert picture.mode == "RGB"
+    enlarged = image.repeat(enlargement, axis=0).repeat(enlargement, axis=1)  # small images: every pixel a square
+    check_grid_picture(np.asarray(picture), enlarged, maps, image_index)
 
 
 def test_legend_names_stage_block_scale_count_and_note(maps):
