@@ -14,6 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # The locked environment: pip and setuptools first, then the package and its extras, each at its locked version.
 $(VENV)/.installed: setup.py $(LOCK)
 	test -x $(PYTHON) || python3 -m venv $(VENV)
+	rm -rf clustr_hf.egg-info  # metadata an older install left here would shadow the installed one
 	$(PYTHON) -m pip install --quiet --constraint $(LOCK) pip setuptools
 	$(PYTHON) -m pip install --quiet --constraint $(LOCK) --no-build-isolation -e ".[dev,app]"
 	$(PYTHON) -m pip check

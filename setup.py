@@ -33,7 +33,7 @@ setup(
         "train": ["scikit-learn>=1.5", "tensorboard>=2.14"],
         "viz": ["matplotlib>=3.8"],
         "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
-        "app": ["gradio>=6,<7", "matplotlib>=3.8", "scikit-image>=0.24"],
+        "app": ["gradio>=6,<7", "scikit-image>=0.24"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -6,7 +6,7 @@ stage makes of it, and the forward time, with a switch between exact and pooled 
     python examples/app.py --model your-name/clustr-b2      # any folder written by save_pretrained, or a Hub id
     python examples/app.py --host 0.0.0.0 --port 7860       # reachable from other machines (default 127.0.0.1)
 
-Needs the app extra: pip install -e ".[app]" (gradio, matplotlib, scikit-image). The same file runs as a Hugging
+Needs the app extra: pip install -e ".[app]" (gradio, scikit-image). The same file runs as a Hugging
 Face Space (examples/push_to_hub.py --space): there clustr_hf is not installed, and the model and the code that
 draws its clusters load from the model repository with trust_remote_code=True.
 """

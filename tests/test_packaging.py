@@ -1,5 +1,6 @@
 """The package metadata builds cleanly, and the lock (constraints.txt) that `make` installs from satisfies it."""
 
+import ast
 import importlib.metadata
 import re
 import subprocess
@@ -7,7 +8,10 @@ import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+
+from clustr_hf.publishing import declared_requirements
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,3 +58,20 @@ def test_readme_states_the_locked_versions():
     locked = locked_versions()
     for name, version in stated:
         assert locked.get(canonicalize_name(name)) == version, f"README says {name}=={version}; the lock says otherwise"
+
+
+def setup_keyword(name: str):
+    """The literal value of a keyword argument of setup() in setup.py."""
+    call = next(node for node in ast.walk(ast.parse((REPO / "setup.py").read_text())) if isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "setup")
+    return ast.literal_eval(next(keyword.value for keyword in call.keywords if keyword.arg == name))
+
+
+def test_published_files_state_the_ranges_setup_py_declares():
+    """What cards and Space requirements say comes from setup.py, never from what happens to be installed."""
+    def ranges(lines):
+        return {Requirement(line).name: Requirement(line).specifier for line in lines}
+
+    for declared, written in ((declared_requirements(), setup_keyword("install_requires")),
+                              (declared_requirements("app"), setup_keyword("extras_require")["app"])):
+        assert {name: SpecifierSet(spec) for name, spec in declared.items()} == ranges(written)

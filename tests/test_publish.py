@@ -601,8 +601,7 @@ def test_space_folder_runs_the_app_on_the_model_repository(tmp_path):
         "models": [REPO_ID]}
     requirements = (folder / "requirements.txt").read_text().splitlines()
     assert re.fullmatch(r"transformers>=5\.\d+,<6", requirements[0])
-    assert {line.split(">=")[0] for line in requirements[1:]} == {"torch", "torchvision", "matplotlib",
-                                                                  "scikit-image"}
+    assert {line.split(">=")[0] for line in requirements[1:]} == {"torch", "torchvision", "scikit-image"}
     with pytest.raises(FileExistsError, match="is not empty"):
         assemble_space_folder(APP_PATH, folder, space_id=SPACE_ID, repo_id=REPO_ID)
     other_app = tmp_path / "other_app.py"
