@@ -20,9 +20,11 @@ from training_helpers import (
     DIGIT_LABELS,
     REPO,
     finish,
+    one_thread,  # noqa: F401 (a fixture)
     run_no_trainer,
     save_tiny_classifier,
     start_no_trainer,
+    tiny_model_dir,  # noqa: F401 (a fixture)
     tiny_run_flags,
 )
 
@@ -52,19 +54,6 @@ from training_utils import (
     scheduler_kwargs,
 )
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    return save_tiny_classifier(tmp_path_factory.mktemp("tiny_model"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose much to it when other work shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

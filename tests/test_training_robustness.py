@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from training_helpers import EXAMPLES, save_tiny_classifier, tiny_run_flags
+from training_helpers import EXAMPLES, one_thread, tiny_model_dir, tiny_run_flags  # noqa: F401 (fixtures)
 
 from training_utils import (
     DataArguments,
@@ -24,18 +24,6 @@ from training_utils import (
     save_checkpoint,
 )
 
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    return save_tiny_classifier(tmp_path_factory.mktemp("tiny_model"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from conftest import tiny_config
 
 
@@ -68,3 +70,18 @@ def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[str, str]:
 def run_no_trainer(flags: list[str], launcher: tuple[str, ...] = ()) -> None:
     """Run the accelerate script in a child process to the end."""
     finish(start_no_trainer(flags, launcher))
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny classifier folder (save_tiny_classifier) shared by a module's tests."""
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and lose much to it when other work shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
