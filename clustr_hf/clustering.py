@@ -86,12 +86,11 @@ def joined(pieces, dim: int):
 
 
 class Points(NamedTuple):
-    """The tokens in float64 for exact distances: `values` (B, N, C), which are `finite` (B, N), the same `flat`
-    (B N, C), and each image's `offset` (B, 1, 1) in `flat`."""
+    """The tokens in float64 for exact distances: `values` (B, N, C), which are `finite` (B, N), and each image's
+    `offset` (B, 1, 1) in `values` flattened to (B N, C)."""
 
     values: torch.Tensor
     finite: torch.Tensor
-    flat: torch.Tensor
     offset: torch.Tensor
 
 
@@ -99,15 +98,15 @@ def exact_points(tokens) -> Points:
     """`Points` of (B, N, C) tokens."""
     finite = torch.isfinite(tokens).all(-1)
     offset = torch.arange(finite.shape[0], device=tokens.device).view(-1, 1, 1) * finite.shape[1]
-    values = tokens.double()
-    return Points(values, finite, values.flatten(0, 1), offset)
+    return Points(tokens.double(), finite, offset)
 
 
-def gather_points(points: Points, flat_index):
-    """`points.flat` at `flat_index` (B, R, m), token indices plus their image's `offset`: the largest gathers, the
-    exact distances' candidates, as one `index_select`, much faster on a CPU than advanced indexing. (As
-    `gather_tokens` for every gather, building the offsets each time, it cost 270 more operators per b2 forward.)"""
-    return points.flat.index_select(0, flat_index.flatten()).view(*flat_index.shape, points.flat.shape[-1])
+def gather_points(flat_values, flat_index):
+    """The (B N, C) `flat_values` at `flat_index` (B, R, m), token indices plus their image's `Points.offset`: the
+    largest gathers, the exact distances' candidates, as one `index_select`, much faster on a CPU than advanced
+    indexing. (As `gather_tokens` for every gather, building the offsets each time, it cost 270 more operators per b2
+    forward.)"""
+    return flat_values.index_select(0, flat_index.flatten()).view(*flat_index.shape, flat_values.shape[-1])
 
 
 def exact_squared_distances(points: Points, index, others, chunk_size=None):
@@ -118,8 +117,10 @@ def exact_squared_distances(points: Points, index, others, chunk_size=None):
     are exactly 0 apart. Where either token is not finite, the difference is inf or NaN: the distance is inf.
     """
     rows = (points.values if index is None else gather_tokens(points.values, index))[:, :, None]
+    flat_values = points.values.flatten(0, 1)
     parts = chunks((others + points.offset, rows), others.shape[-1] * rows.shape[-1], chunk_size)
-    distances = [gather_points(points, part_others).sub_(part_rows).square_().sum(-1) for part_others, part_rows in parts]
+    distances = [gather_points(flat_values, part_others).sub_(part_rows).square_().sum(-1)
+                 for part_others, part_rows in parts]
     return joined(distances, dim=1).nan_to_num_(nan=math.inf, posinf=math.inf)
 
 
@@ -207,10 +208,11 @@ def smallest_distances(left, right, count: int, chunk_size=None):
         distances = torch.bmm(chunk_left, right)
         chunk_blocks = distances.unflatten(2, (num_blocks, width)).amin(3).topk(count, dim=2, largest=False,
                                                                                 sorted=False)[1]
-        batch_rows = chunk_blocks.shape[:2]
-        row_start = torch.arange(0, batch_rows.numel() * num_blocks, num_blocks, device=right.device)
-        candidates = distances.view(-1, width).index_select(0, (chunk_blocks + row_start.view(*batch_rows, 1)).flatten())
-        values, chunk_positions = candidates.view(*batch_rows, -1).topk(count, dim=2, largest=False, sorted=False)
+        rows = chunk_blocks.shape[1]
+        row_start = torch.arange(0, batch_size * rows * num_blocks, num_blocks, device=right.device)
+        candidates = distances.view(-1, width).index_select(0, (chunk_blocks + row_start.view(-1, rows, 1)).flatten())
+        values, chunk_positions = candidates.view(-1, rows, count * width).topk(count, dim=2, largest=False,
+                                                                                sorted=False)
         blocks.append(chunk_blocks), positions.append(chunk_positions), largest.append(values.amax(2))
     blocks, positions = joined(blocks, dim=1), joined(positions, dim=1)
     return blocks.gather(2, positions // width) * width + positions % width, joined(largest, dim=1)
