@@ -362,11 +362,13 @@ def certified_centres(points: Points, precisions, num_centres: int, k: int, chun
 def dense_centres(points: Points, num_centres: int, k: int):
     """`certified_centres` for images of at most `DENSE_TOKENS` tokens, from the whole float64 distance matrix
     (B, N, N), which it returns too: every decision on float64 GEMM values, as the certified passes' last resort. The
-    listed tokens' exact distances come in one piece (2k C float64 per token), in fewer operators than chunks."""
+    listed tokens' exact distances come in one piece where it holds at most 8 MiB per image, in fewer operators than
+    chunks; larger pieces run out of cache."""
     operands = gemm_operands(points)
     distances = torch.bmm(operands.left, operands.right.transpose(1, 2))
     listed = distances.topk(min(2 * k, distances.shape[-1]), dim=-1, largest=False, sorted=False).indices
-    listed_distance = exact_squared_distances(points, None, listed, chunk_size=listed.shape[1])
+    one_piece = listed.shape[1] * listed.shape[2] * points.values.shape[-1] * points.values.element_size() <= 2**23
+    listed_distance = exact_squared_distances(points, None, listed, chunk_size=listed.shape[1] if one_piece else None)
     density, rank = density_and_rank(listed_distance, points.finite, k, points.values.shape[-1])
     denser = distances.masked_fill(rank[:, None, :] >= rank[..., None], math.inf).argmin(-1)
     return rank_centres(points, density, rank, denser, num_centres), distances
