@@ -13,8 +13,10 @@ One run measures side by side, for ClusTR b2 and b0 (random weights, real photos
   gemms    the distance GEMMs alone: one batched (B, N, C) x (B, C, N) product per clustered block of the model;
   pvtv2    transformers' PvtV2Model with the matching PVTv2 configuration (b2 against PVTv2-b2, b0 against PVTv2-b0);
 forward latency at each --sizes (median of --repeats runs after a warm-up, the variants interleaved run by run so that
-load changes hit them alike), the extra peak memory of a forward, and a training step (forward and backward of the
-image classifiers) at the first size. Prints a table and the ratios against `TARGETS`, writes results JSON and a PNG plot.
+load changes hit them alike) with --batch-size photos, and again with each of --extra-batch-sizes (clustr, pooled,
+oracle, floor, gemms and pvtv2 only), the extra peak memory of a forward, and a training step (forward, backward and
+AdamW step of the image classifiers, --train-batch-size images) at the first size. Prints a table and the ratios
+against `TARGETS`, writes results JSON and a PNG plot.
 
 Peak memory on a GPU is the allocator's peak, read in the timed runs. On a CPU it is the resident set's high-water
 mark above its level before the forward, read in a fresh process per model and size (`peak_memory_in_child`), where
@@ -62,10 +64,11 @@ PVT_V2_CONFIGS = {  # the released PVTv2 configurations the ClusTR variants are 
 }
 TARGETS = {"speedup_224": 2.5, "speedup_448": 5.0, "memory_fraction_448": 1 / 3, "overhead_per_gemm": 1.3,
            "pooled_to_pvtv2_224": 1.4, "pooled_to_pvtv2_448": 1.0, "pooled_to_pvtv2_640": 1.0,
-           "pooled_memory_to_pvtv2_640": 1.0}
+           "pooled_memory_to_pvtv2_640": 1.0, "clustr_to_pvtv2_224": 2.5}
 """The b2 ratios the project aimed for: forward speed-up over the reference formulation, memory against it, clustering
-overhead per distance GEMM time, and pooled mode against PVTv2-b2."""
+overhead per distance GEMM time, pooled mode against PVTv2-b2, and the exact mode's forward against PVTv2-b2's."""
 VARIANTS = ("clustr", "static", "before", "pooled", "pooled_before", "oracle", "floor", "gemms", "pvtv2")
+EXTRA_BATCH_VARIANTS = ("clustr", "pooled", "oracle", "floor", "gemms", "pvtv2")
 
 
 def free_assignment(tokens: torch.Tensor, cluster_counts, k: int = 5, chunk_size: int = 256) -> DensityPeaks:
@@ -317,18 +320,22 @@ def forward_calls(clustr, pooled, pvt, pixel_values, shapes, device, with_oracle
 
 
 def training_calls(name, pixel_values, device, baseline=None):
-    """Forward and backward of the image classifiers (ClusTR with each clustering, and PVTv2)."""
+    """Training steps of the image classifiers (ClusTR with each clustering, and PVTv2): forward, backward and an
+    AdamW step."""
     labels = torch.arange(pixel_values.shape[0], device=device) % 10
     torch.manual_seed(0)
     clustr = ClusTRForImageClassification(ClusTRConfig.from_variant(name, num_labels=10)).to(device).train()
     pooled = pooled_copy(clustr)
     pvt = PvtV2ForImageClassification(PvtV2Config(**PVT_V2_CONFIGS[name], num_labels=10)).to(device).train()
 
+    optimizers = {model: torch.optim.AdamW(model.parameters(), lr=1e-4) for model in (clustr, pooled, pvt)}
+
     def step(model, function=density_peaks, pooled_function=None):
         def call():
             with clustering(function, pooled_function):
                 model(pixel_values, labels=labels).loss.backward()
-            model.zero_grad(set_to_none=True)
+            optimizers[model].step()
+            optimizers[model].zero_grad(set_to_none=True)
         return call
 
     calls = {"clustr": step(clustr), "static": step(clustr, static_density_peaks)}
@@ -346,7 +353,7 @@ def run(args):
     report = {
         "settings": {**vars(args), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
                      "load_average_start": load_average()},
-        "forward": {}, "training": {},
+        "forward": {}, "forward_by_batch": {batch_size: {} for batch_size in args.extra_batch_sizes}, "training": {},
     }
     baseline = baseline_clusterings(args.baseline) if args.baseline else None
     for name in args.models:
@@ -385,10 +392,18 @@ def run(args):
                 results["oracle"] = {"median_s": None, "runs_s": [], "peak_bytes": None, "skipped": skip}
             report["forward"][name][size] = results
             print(format_row(results), flush=True)
+            for batch_size in args.extra_batch_sizes:
+                batch = photo_batch((size, size), batch_size=batch_size).to(device)
+                calls = forward_calls(clustr, pooled, pvt, batch, clustered_shapes(clustr, batch), device, with_oracle)
+                calls = {variant: call for variant, call in calls.items() if variant in EXTRA_BATCH_VARIANTS}
+                results = measure_interleaved(calls, args.repeats, memory, limit)
+                report["forward_by_batch"][batch_size].setdefault(name, {})[size] = results
+                print(f"  batch {batch_size}: " + format_row(results).strip(), flush=True)
     training_size = args.sizes[0]
     for name in args.models:
-        pixel_values = photo_batch((training_size, training_size))[: args.batch_size].to(device)
-        print(f"{name} training step {training_size}x{training_size}: load {load_average()}", flush=True)
+        pixel_values = photo_batch((training_size, training_size), batch_size=args.train_batch_size).to(device)
+        print(f"{name} training step {training_size}x{training_size}, batch {args.train_batch_size}: "
+              f"load {load_average()}", flush=True)
         calls = training_calls(name, pixel_values, device, baseline)
         report["training"][name] = measure_interleaved(calls, args.repeats, memory)
         print(format_row(report["training"][name]), flush=True)
@@ -431,6 +446,14 @@ def targets(report):
             "value": ratio(clustr - floor, gemms) if clustr and floor else None,
             "target": TARGETS["overhead_per_gemm"], "higher_is_better": False}
         checks[f"ratio_to_pvtv2_{size}"] = {"value": ratio(clustr, median(size, "pvtv2"))}
+        if size == 224:
+            checks["ratio_to_pvtv2_224"].update(target=TARGETS["clustr_to_pvtv2_224"], higher_is_better=False)
+    for batch_size, models in report["forward_by_batch"].items():
+        batch = models.get("b2", {}).get(224, {})
+        clustr, pvtv2 = (batch.get(name, {}).get("median_s") for name in ("clustr", "pvtv2"))
+        if clustr and pvtv2:
+            checks[f"ratio_to_pvtv2_224_batch_{batch_size}"] = {
+                "value": clustr / pvtv2, "target": TARGETS["clustr_to_pvtv2_224"], "higher_is_better": False}
     for size in (224, 448, 640):
         if size in forward:
             checks[f"pooled_to_pvtv2_{size}"] = {
@@ -459,8 +482,13 @@ def print_summary(report):
     for name, sizes in report["forward"].items():
         for size, results in sizes.items():
             print(f"  {name} {size:>4}: " + format_row(results).strip())
+    for batch_size, models in report["forward_by_batch"].items():
+        for name, sizes in models.items():
+            for size, results in sizes.items():
+                print(f"  {name} {size:>4} batch {batch_size}: " + format_row(results).strip())
     for name, results in report["training"].items():
-        print(f"  {name} training step {report['settings']['sizes'][0]}: " + format_row(results).strip())
+        print(f"  {name} training step {report['settings']['sizes'][0]}, batch {report['settings']['train_batch_size']}"
+              f" (forward, backward, AdamW): " + format_row(results).strip())
     print("\nTargets (b2):")
     for name, check in report["targets"].items():
         value = "n/a" if check["value"] is None else f"{check['value']:.2f}"
@@ -500,6 +528,9 @@ def main():
     parser.add_argument("--sizes", nargs="+", type=int, default=[224, 384, 448, 640])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant after one warm-up (>= 5)")
     parser.add_argument("--batch-size", type=int, default=4, choices=range(1, 5), help="1-4 different photos")
+    parser.add_argument("--extra-batch-sizes", nargs="*", type=int, default=[1],
+                        help="forward also at these batch sizes (the photos repeat beyond 4)")
+    parser.add_argument("--train-batch-size", type=int, default=8, help="images per training step (photos repeat)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--oracle-limit", type=float, default=60.0,

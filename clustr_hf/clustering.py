@@ -101,12 +101,12 @@ def exact_points(tokens) -> Points:
     return Points(tokens.double(), finite, offset)
 
 
-def gather_points(points: Points, index):
-    """`gather_tokens(points.values, index)` for the largest gathers, the exact distances' candidates (B, R, m): one
-    `index_select` with the offsets `exact_points` computed once, much faster on a CPU than advanced indexing. (As
-    `gather_tokens` for every gather, building the offsets each time, it cost 270 more operators per b2 forward.)"""
-    flat = points.values.flatten(0, 1).index_select(0, (index + points.offset).flatten())
-    return flat.view(*index.shape, points.values.shape[-1])
+def gather_points(flat_values, flat_index):
+    """The (B N, C) `flat_values` at `flat_index` (B, R, m), token indices plus their image's `Points.offset`: the
+    largest gathers, the exact distances' candidates, as one `index_select`, much faster on a CPU than advanced
+    indexing. (As `gather_tokens` for every gather, building the offsets each time, it cost 270 more operators per b2
+    forward.)"""
+    return flat_values.index_select(0, flat_index.flatten()).view(*flat_index.shape, flat_values.shape[-1])
 
 
 def exact_squared_distances(points: Points, index, others, chunk_size=None):
@@ -117,8 +117,10 @@ def exact_squared_distances(points: Points, index, others, chunk_size=None):
     are exactly 0 apart. Where either token is not finite, the difference is inf or NaN: the distance is inf.
     """
     rows = (points.values if index is None else gather_tokens(points.values, index))[:, :, None]
-    distances = [gather_points(points, part_others).sub_(part_rows).square_().sum(-1)
-                 for part_others, part_rows in chunks((others, rows), others.shape[-1] * rows.shape[-1], chunk_size)]
+    flat_values = points.values.flatten(0, 1)
+    parts = chunks((others + points.offset, rows), others.shape[-1] * rows.shape[-1], chunk_size)
+    distances = [gather_points(flat_values, part_others).sub_(part_rows).square_().sum(-1)
+                 for part_others, part_rows in parts]
     return joined(distances, dim=1).nan_to_num_(nan=math.inf, posinf=math.inf)
 
 
@@ -192,25 +194,28 @@ def smallest_distances(left, right, count: int, chunk_size=None):
 
     Columns are grouped into blocks of `width`; the `count` smallest of a row lie in the `count` blocks of smallest
     minimum (any other block's entries are all at least as large as those minima), so a full-row reduction (block
-    minima) and two short selections replace a selection over the whole row. Distances are laid out (B, N, rows):
-    every reduction over columns then runs across rows, which vectorises.
+    minima) and two short selections replace a selection over the whole row. A row's blocks are contiguous, so one
+    `index_select` gathers the chosen ones; blocks of at least 32 keep the minima's reduction vectorised.
     """
     batch_size, num_tokens, _ = right.shape
-    width = max(1, min(2 ** round(math.log2(math.sqrt(num_tokens / count))), num_tokens // count))
+    width = max(1, min(max(32, 2 ** round(math.log2(math.sqrt(num_tokens / count)))), num_tokens // count))
     num_blocks = -(-num_tokens // width)
     padding = torch.zeros(num_blocks * width - num_tokens, right.shape[-1], dtype=right.dtype, device=right.device)
     padding[:, -1] = math.inf  # padded columns are infinitely far from every row
-    right = torch.cat([right, padding.expand(batch_size, -1, -1)], dim=1)
+    right = torch.cat([right, padding.expand(batch_size, -1, -1)], dim=1).transpose(1, 2)
     blocks, positions, largest = [], [], []
-    for chunk_columns, in chunks((left.transpose(1, 2),), num_tokens, chunk_size, dim=2):
-        distances = torch.bmm(right, chunk_columns).unflatten(1, (num_blocks, width))
-        chunk_blocks = distances.amin(2).topk(count, dim=1, largest=False, sorted=False).indices
-        candidates = distances.gather(1, chunk_blocks[:, :, None].expand(-1, -1, width, -1)).flatten(1, 2)
-        values, chunk_positions = candidates.topk(count, dim=1, largest=False, sorted=False)
-        blocks.append(chunk_blocks), positions.append(chunk_positions), largest.append(values.amax(1))
-    blocks, positions = joined(blocks, dim=2), joined(positions, dim=2)
-    index = blocks.gather(1, positions // width) * width + positions % width
-    return index.transpose(1, 2), joined(largest, dim=1)
+    for chunk_left, in chunks((left,), num_tokens, chunk_size):
+        distances = torch.bmm(chunk_left, right)
+        chunk_blocks = distances.unflatten(2, (num_blocks, width)).amin(3).topk(count, dim=2, largest=False,
+                                                                                sorted=False)[1]
+        rows = chunk_blocks.shape[1]
+        row_start = torch.arange(0, batch_size * rows * num_blocks, num_blocks, device=right.device)
+        candidates = distances.view(-1, width).index_select(0, (chunk_blocks + row_start.view(-1, rows, 1)).flatten())
+        values, chunk_positions = candidates.view(-1, rows, count * width).topk(count, dim=2, largest=False,
+                                                                                sorted=False)
+        blocks.append(chunk_blocks), positions.append(chunk_positions), largest.append(values.amax(2))
+    blocks, positions = joined(blocks, dim=1), joined(positions, dim=1)
+    return blocks.gather(2, positions // width) * width + positions % width, joined(largest, dim=1)
 
 
 class Neighbours(NamedTuple):
@@ -356,11 +361,14 @@ def certified_centres(points: Points, precisions, num_centres: int, k: int, chun
 
 def dense_centres(points: Points, num_centres: int, k: int):
     """`certified_centres` for images of at most `DENSE_TOKENS` tokens, from the whole float64 distance matrix
-    (B, N, N), which it returns too: every decision on float64 GEMM values, as the certified passes' last resort."""
+    (B, N, N), which it returns too: every decision on float64 GEMM values, as the certified passes' last resort. The
+    listed tokens' exact distances come in one piece where it holds at most 8 MiB per image, in fewer operators than
+    chunks; larger pieces run out of cache."""
     operands = gemm_operands(points)
     distances = torch.bmm(operands.left, operands.right.transpose(1, 2))
     listed = distances.topk(min(2 * k, distances.shape[-1]), dim=-1, largest=False, sorted=False).indices
-    listed_distance = exact_squared_distances(points, None, listed)
+    one_piece = listed.shape[1] * listed.shape[2] * points.values.shape[-1] * points.values.element_size() <= 2**23
+    listed_distance = exact_squared_distances(points, None, listed, chunk_size=listed.shape[1] if one_piece else None)
     density, rank = density_and_rank(listed_distance, points.finite, k, points.values.shape[-1])
     denser = distances.masked_fill(rank[:, None, :] >= rank[..., None], math.inf).argmin(-1)
     return rank_centres(points, density, rank, denser, num_centres), distances
@@ -382,14 +390,14 @@ def assign_to_centres(precisions, centres, counts, chunk_size=None) -> list:
 
     def nearest_of_chunk(operands, left, norm, centre_columns, centre_norm):
         distances = torch.bmm(left, centre_columns)
-        margin = 2 * rounding_bound(operands, norm, centre_norm)
-        nearest, close_call = [], torch.zeros_like(margin, dtype=torch.bool)
+        margin = 2 * rounding_bound(operands, norm, centre_norm)[..., None]
+        nearest, close_call = [], torch.zeros_like(norm, dtype=torch.bool)
         for count in computed:
-            nearest.append(distances[..., :count].argmin(-1))
-            if count > 1:
-                two = distances[..., :count].topk(2, dim=-1, largest=False).values
-                close_call |= two[..., 1] - two[..., 0] <= margin
-        return torch.stack(nearest, dim=-1), close_call
+            best, index = distances[..., :count].min(-1, keepdim=True)
+            nearest.append(index)
+            if count > 1:  # a close call: another centre within the margin of the nearest
+                close_call |= (distances[..., :count] <= best + margin).sum(-1) > 1
+        return joined(nearest, dim=-1), close_call
 
     def decide(operands, index):
         centre_columns = gather_tokens(operands.right, candidates).transpose(1, 2)
