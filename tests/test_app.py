@@ -322,7 +322,7 @@ def test_missing_demo_model_says_to_run_make_demo(app_module, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("damage, problem", [
-    ("weights", "its weights file is damaged or not a safetensors file"),
+    ("weights", "{folder}/model.safetensors (15 bytes) could not be read"),  # from_pretrained names the file
     ("config", "its config.json holds an invalid value (Validation error for field 'hidden_sizes'"),
 ])
 def test_broken_model_folder_gets_one_line_naming_the_folder_and_the_problem(
@@ -336,12 +336,13 @@ def test_broken_model_folder_gets_one_line_naming_the_folder_and_the_problem(
         (folder / "config.json").write_text(json.dumps({**config, "hidden_sizes": "wide"}))
     assert app_module.main(["--model", str(folder)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
+    problem = problem.format(folder=folder)
     assert len(lines) == 1 and lines[0].startswith(f"error: Could not load a classifier from '{folder}': {problem}")
 
 
 def test_browser_uploads_a_photo_and_sees_labels_and_clusters(served_app, files):
     """Headless Chromium (Debian's, through its chromedriver) uses the page as a visitor does. A browser that does
-    not start fails the test with the reason: `make install` installs chromium and chromium-driver."""
+    not start fails the test with the reason: `make test` installs chromium and chromium-driver as root."""
     from selenium import webdriver
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
@@ -352,7 +353,7 @@ def test_browser_uploads_a_photo_and_sees_labels_and_clusters(served_app, files)
     browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (browser and driver_path):
         pytest.fail(f"Chromium or its driver is missing (chromium: {browser}, chromedriver: {driver_path}); install "
-                    f"them with `make install` as root or `apt-get install chromium chromium-driver`.")
+                    f"them with `make test` as root or `apt-get install chromium chromium-driver`.")
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     profile = tempfile.mkdtemp(prefix="clustr-chromium-")
